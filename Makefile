@@ -1,0 +1,37 @@
+# The two front doors, `make test` and `make reproduce`, need only python3 on the PATH:
+# the first call creates .venv and installs favorkit into it with the extras it needs.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: test reproduce bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,experiments]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest favorkit tests -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+reproduce: $(STAMP)
+	$(PY) experiments/run_all.py --quick
+
+# Benchmarks against peers. torch 2.13.0 is the CPU build on this machine's disk;
+# performer-pytorch goes in with --no-deps (its own pins would pull a CUDA torch).
+$(VENV)/.bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m pip install --quiet --no-deps performer-pytorch axial-positional-embedding local-attention hyper-connections
+	touch $@
+
+bench: $(VENV)/.bench
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) results .pytest_cache
