@@ -1,0 +1,24 @@
+"""favorkit: random-feature kernel approximation and FAVOR+ attention, sklearn style.
+
+Public names: the transformers :class:`PositiveRandomFeatures` and :class:`OrthogonalRFF`,
+the attention estimator :class:`FavorAttention` with its functional core
+:func:`favor_attention` and exact reference :func:`softmax_attention`, and the modules
+:mod:`favorkit.sampling` and :mod:`favorkit.theory`.
+"""
+
+from favorkit import sampling, theory
+from favorkit.attention import FavorAttention, favor_attention, softmax_attention
+from favorkit.features import OrthogonalRFF, PositiveRandomFeatures
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FavorAttention",
+    "OrthogonalRFF",
+    "PositiveRandomFeatures",
+    "__version__",
+    "favor_attention",
+    "sampling",
+    "softmax_attention",
+    "theory",
+]

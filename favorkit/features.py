@@ -1,0 +1,487 @@
+"""Random-feature transformers for the softmax and Gaussian kernels.
+
+Both transformers follow ``sklearn.kernel_approximation.RBFSampler``: parameters are stored
+verbatim, all randomness is drawn in ``fit`` (which looks at the data only for its number of
+features), ``transform`` is deterministic, float32 input gives float32 output, and CSR input
+is accepted (the projection is a sparse-dense product; the output is dense).
+
+Kernels (``kernel=``), with ``gamma > 0``:
+
+* ``"softmax"``:  ``K(x, y) = exp(gamma * x·y)``, the Performer's SM with ``u = sqrt(gamma) x``.
+* ``"gaussian"``: ``K(x, y) = exp(-gamma * |x - y|²)`` (sklearn's RBF convention), which is
+  ``SM(u, v) * exp(-|u|²/2) * exp(-|v|²/2)`` with ``u = sqrt(2 gamma) x`` (spec a.2).
+"""
+
+from __future__ import annotations
+
+import numbers
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from favorkit import sampling
+from favorkit._kernels.feature_maps import (
+    cos_offset_rows_inplace,
+    cos_sin_rows,
+    plus_minus_shift_rows,
+)
+from favorkit._parallel import map_row_blocks
+from favorkit._validation import (
+    Interval,
+    StrOptions,
+    _check_feature_names_in,
+    _fit_context,
+    check_is_fitted,
+    validate_data,
+)
+
+__all__ = ["NumericalWarning", "OrthogonalRFF", "PositiveRandomFeatures"]
+
+
+class NumericalWarning(UserWarning):
+    """Features fell outside the range of the output dtype (underflow to zero)."""
+
+
+_KERNELS = ("softmax", "gaussian")
+
+
+class _RandomFeatures(TransformerMixin, BaseEstimator):
+    """What the two transformers share: validation, the projection draw, names, tags."""
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
+        "kernel": [StrOptions(set(_KERNELS))],
+        "gamma": [Interval(numbers.Real, 0.0, None, closed="neither")],
+        "projection": [StrOptions(set(sampling.PROJECTIONS)), "array-like"],
+        "random_state": ["random_state", np.random.Generator],
+    }
+
+    # Subclasses: suffixes of the output column blocks, e.g. ("cos", "sin"), or ("",).
+    def _output_blocks(self):
+        raise NotImplementedError
+
+    def _draw(self, X):
+        """Validate X, set ``n_features_in_`` and draw ``projection_``; return (X, rng)."""
+        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32])
+        rng = sampling._rng(self.random_state)
+        self.projection_ = sampling.draw(self.projection, self.n_components, X.shape[1], rng)
+        self._n_features_out = self.n_components * len(self._output_blocks())
+        return X, rng
+
+    def _validated(self, X):
+        check_is_fitted(self)
+        return validate_data(
+            self, X, accept_sparse="csr", dtype=[np.float64, np.float32], reset=False
+        )
+
+    def _scaled_projection_T(self, scale, dtype):
+        """``(scale * W).T`` as a C-contiguous (d, m) array in the data's dtype."""
+        return np.ascontiguousarray((self.projection_ * scale).T, dtype=dtype)
+
+    def get_feature_names_out(self, input_features=None):
+        """Output feature names: ``<classname>[_<block>]<j>`` for projection j.
+
+        Paired maps have two blocks of ``n_components`` columns each (``_plus``/``_minus``
+        for the hyperbolic map, ``_cos``/``_sin`` for trigonometric features).
+
+        Parameters
+        ----------
+        input_features : array-like of str or None
+            Only checked for consistency with the names seen in ``fit``.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str objects
+        """
+        check_is_fitted(self, "_n_features_out")
+        _check_feature_names_in(self, input_features, generate_names=False)
+        prefix = type(self).__name__.lower()
+        names = [
+            f"{prefix}{'_' + block if block else ''}{j}"
+            for block in self._output_blocks()
+            for j in range(self.n_components)
+        ]
+        return np.asarray(names, dtype=object)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = True
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags
+
+
+def _row_sq_norms(X):
+    """|x_i|² in float64 (float32 data is accumulated in float64)."""
+    if sp.issparse(X):
+        return np.asarray(X.multiply(X).sum(axis=1), dtype=np.float64).ravel()
+    return np.einsum("ij,ij->i", X, X, dtype=np.float64)
+
+
+def _project_into(X_rows, WT, out):
+    """``out[...] = X_rows @ WT`` for dense or CSR rows (the GEMM, via BLAS)."""
+    if sp.issparse(X_rows):
+        out[...] = X_rows @ WT
+    else:
+        np.matmul(X_rows, WT, out=out)
+
+
+def _log_range(dtype):
+    """log of the largest finite and of the smallest normal number of ``dtype``."""
+    info = np.finfo(dtype)
+    return float(np.log(info.max)), float(np.log(info.tiny))
+
+
+def _check_log_features(row_max, dtype, *, fix):
+    """Raise if any feature overflows ``dtype``; warn if a whole row underflows.
+
+    ``row_max[i]`` is the largest log-feature of row i (NaN if the exponents themselves
+    overflowed). Never lets inf, NaN or all-zero rows pass silently (DESIGN.md).
+    """
+    log_max, log_tiny = _log_range(dtype)
+    over = ~(row_max <= log_max)
+    name = np.dtype(dtype).name
+    if over.any():
+        worst = np.nanmax(row_max) if np.isfinite(row_max).any() else np.inf
+        raise ValueError(
+            f"{int(over.sum())} of {row_max.size} rows have features that overflow {name} "
+            f"(largest log-feature {worst:.4g} > {log_max:.4g}), so the kernel estimates would "
+            f"be inf. {fix}"
+        )
+    under = row_max < log_tiny
+    if under.any():
+        warnings.warn(
+            f"{int(under.sum())} of {row_max.size} rows have every feature below the smallest "
+            f"normal {name} (largest log-feature {row_max[under].max():.4g} < {log_tiny:.4g}): "
+            f"their kernel estimates are 0 or imprecise. {fix}",
+            NumericalWarning,
+            stacklevel=3,
+        )
+
+
+class PositiveRandomFeatures(_RandomFeatures):
+    r"""Positive random features (FAVOR+) for the softmax and Gaussian kernels.
+
+    With ``u = c x`` (``c = sqrt(gamma)`` for the softmax kernel, ``sqrt(2 gamma)`` for the
+    Gaussian one) and projection rows ``ω_1 … ω_m`` (:mod:`favorkit.sampling`), the positive
+    map of Lemma 1 (``spec/math.md`` a.4) is
+
+    .. math:: φ(x)_i = \exp(ω_i^T u - |u|^2/2 + g(x)) / \sqrt{m},
+
+    with ``g = 0`` for the softmax kernel and ``g = -|u|^2/2`` for the Gaussian kernel, so
+    that ``E[φ(x)^T φ(y)] = K(x, y)`` exactly. The hyperbolic map uses the antithetic pair
+    ``exp(±ω_i^T u)`` and ``1/sqrt(2m)`` (2m columns, lower variance: Lemma 2).
+
+    Features are computed in log space and exponentiated once, with no data-dependent
+    max-subtraction, so ``transform(X) @ transform(Y).T`` estimates ``K(X, Y)`` at its true
+    scale. If a feature would overflow the dtype a ``ValueError`` says so; if every feature
+    of a row underflows a :class:`NumericalWarning` says so.
+
+    Parameters
+    ----------
+    n_components : int, default=256
+        Number of random projections m. The output has m columns (``"positive"``) or 2m
+        (``"hyperbolic"``).
+    kernel : {"softmax", "gaussian"}, default="softmax"
+        ``exp(gamma x·y)`` or ``exp(-gamma |x - y|²)``.
+    gamma : float > 0, default=1.0
+        Kernel parameter.
+    estimator : {"positive", "hyperbolic"}, default="positive"
+        The paper's SM+ (m columns) or SM-hyp+ (2m columns) estimator.
+    projection : {"orthogonal", "iid", "gaussian", "structured", "qmc"} or array of shape \
+            (n_components, n_features), default="orthogonal"
+        How the rows ω_i are drawn (see :mod:`favorkit.sampling`), or a fixed matrix.
+        ``"structured"`` (SORF) is slightly biased; the others are unbiased.
+    random_state : int, RandomState, Generator or None, default=None
+        Seeds the projection draw in ``fit``.
+
+    Attributes
+    ----------
+    projection_ : ndarray of shape (n_components, n_features_in_)
+        The drawn projection rows ω_i (float64, before the kernel scale c).
+    n_features_in_ : int
+        Number of features seen in ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of the features seen in ``fit`` (only when X has string column names).
+
+    See Also
+    --------
+    OrthogonalRFF : trigonometric random features (the paper's baseline).
+    sklearn.kernel_approximation.RBFSampler : cos-with-offset features for the RBF kernel.
+
+    Notes
+    -----
+    The positive estimator's relative MSE at (x, y) is ``(exp|u+v|² - 1)/m`` for iid
+    projections (Lemma 2): it is exact for ``u = -v`` and worst for long aligned vectors.
+    Orthogonal projections lower it further (Theorem 2). See :mod:`favorkit.theory`.
+
+    Work is done in row blocks on ``numba.get_num_threads()`` threads with BLAS held to one
+    thread; the output is bit-identical for any thread count.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkit import PositiveRandomFeatures
+    >>> X = np.random.default_rng(0).normal(size=(5, 3)) / 3
+    >>> prf = PositiveRandomFeatures(n_components=2000, random_state=0).fit(X)
+    >>> F = prf.transform(X)
+    >>> F.shape
+    (5, 2000)
+    >>> bool(np.all(F > 0))
+    True
+    >>> float(np.abs(F @ F.T - np.exp(X @ X.T)).max()) < 0.05
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **_RandomFeatures._parameter_constraints,
+        "estimator": [StrOptions({"positive", "hyperbolic"})],
+    }
+
+    def __init__(
+        self,
+        n_components=256,
+        *,
+        kernel="softmax",
+        gamma=1.0,
+        estimator="positive",
+        projection="orthogonal",
+        random_state=None,
+    ):
+        self.n_components = n_components
+        self.kernel = kernel
+        self.gamma = gamma
+        self.estimator = estimator
+        self.projection = projection
+        self.random_state = random_state
+
+    def _output_blocks(self):
+        return ("plus", "minus") if self.estimator == "hyperbolic" else ("",)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Draw the projection; X is used only for its number of features.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : PositiveRandomFeatures
+        """
+        self._draw(X)
+        return self
+
+    def transform(self, X):
+        """Map X to positive random features.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            New data, float32 or float64 (other dtypes become float64).
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_components) or (n_samples, 2 * n_components)
+            Positive features in X's floating dtype.
+        """
+        X = self._validated(X)
+        dtype = X.dtype
+        n = X.shape[0]
+        m = self.n_components
+        hyperbolic = self.estimator == "hyperbolic"
+        c2 = self.gamma if self.kernel == "softmax" else 2.0 * self.gamma
+        WT = self._scaled_projection_T(np.sqrt(c2), dtype)
+        # Row term of Lemma 1 in log space: -|u|²/2 (+ another -|u|²/2 for the Gaussian
+        # kernel's exp(-gamma|x|²)), and the 1/sqrt(m) (1/sqrt(2m) for the antithetic pair).
+        sq = _row_sq_norms(X) * c2
+        n_cols = 2 * m if hyperbolic else m
+        shift = -(sq if self.kernel == "gaussian" else 0.5 * sq) - 0.5 * np.log(n_cols)
+        shift_t = shift.astype(dtype)
+        out = np.empty((n, n_cols), dtype=dtype)
+        row_max = np.empty(n)
+
+        def block(rows):
+            if hyperbolic:
+                z = np.empty((rows.stop - rows.start, m), dtype=dtype)
+                _project_into(X[rows], WT, z)
+                z_max = np.maximum(z.max(axis=1), -z.min(axis=1))
+                plus_minus_shift_rows(z, shift_t[rows], out[rows])
+            else:
+                z = out[rows]
+                _project_into(X[rows], WT, z)
+                z_max = z.max(axis=1)
+                z += shift_t[rows, None]
+            row_max[rows] = z_max + shift[rows]
+            # Exponentiate in place: numpy's SIMD exp beats Numba's libm exp 3-4x here.
+            np.exp(out[rows], out=out[rows])
+
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            map_row_blocks(block, n)
+        _check_log_features(
+            row_max,
+            dtype,
+            fix="Scale X down or lower gamma"
+            + (", or pass float64 data." if dtype == np.float32 else "."),
+        )
+        return out
+
+
+class OrthogonalRFF(_RandomFeatures):
+    r"""Trigonometric random Fourier features with orthogonal projections.
+
+    For the Gaussian kernel ``exp(-gamma |x - y|²)`` with ``u = sqrt(2 gamma) x``:
+    ``φ(x) = [cos(Wu), sin(Wu)] / sqrt(m)`` (2m columns), whose inner products average
+    ``cos(ω^T(u - v))`` (Rahimi–Recht; the [cos, sin] pair has lower variance than the
+    random-offset variant). For the softmax kernel ``exp(gamma x·y)`` the same map with
+    ``u = sqrt(gamma) x`` is multiplied by ``h(x) = exp(gamma |x|²/2)``: the paper's
+    trigonometric estimator ``SM^trig`` (``spec/math.md`` a.3), unbiased but not positive.
+
+    ``features="cos"`` gives ``sqrt(2/m) cos(Wu + b)`` with ``b ~ U[0, 2π)`` (m columns),
+    the estimator of sklearn's ``RBFSampler``, for drop-in comparisons.
+
+    Parameters
+    ----------
+    n_components : int, default=256
+        Number of random projections m.
+    kernel : {"gaussian", "softmax"}, default="gaussian"
+        ``exp(-gamma |x - y|²)`` or ``exp(gamma x·y)``.
+    gamma : float > 0, default=1.0
+        Kernel parameter.
+    projection : {"orthogonal", "iid", "gaussian", "structured", "qmc"} or array of shape \
+            (n_components, n_features), default="orthogonal"
+        How the rows are drawn (see :mod:`favorkit.sampling`).
+    features : {"cossin", "cos"}, default="cossin"
+        ``[cos, sin]`` pairs (2m columns) or cosines with random offsets (m columns).
+    random_state : int, RandomState, Generator or None, default=None
+        Seeds the draws in ``fit``.
+
+    Attributes
+    ----------
+    projection_ : ndarray of shape (n_components, n_features_in_)
+        The drawn projection rows (float64, before the kernel scale).
+    random_offset_ : ndarray of shape (n_components,)
+        Offsets ``b`` (only for ``features="cos"``).
+    n_features_in_ : int
+        Number of features seen in ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of the features seen in ``fit`` (only when X has string column names).
+
+    See Also
+    --------
+    PositiveRandomFeatures : positive features (FAVOR+), far more accurate where the
+        softmax kernel is small.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkit import OrthogonalRFF
+    >>> X = np.random.default_rng(0).normal(size=(5, 3))
+    >>> rff = OrthogonalRFF(n_components=2000, gamma=0.5, random_state=0).fit(X)
+    >>> F = rff.transform(X)
+    >>> F.shape
+    (5, 4000)
+    >>> K = np.exp(-0.5 * ((X[:, None] - X[None]) ** 2).sum(-1))
+    >>> float(np.abs(F @ F.T - K).max()) < 0.05
+    True
+    """
+
+    _parameter_constraints: dict = {
+        **_RandomFeatures._parameter_constraints,
+        "features": [StrOptions({"cossin", "cos"})],
+    }
+
+    def __init__(
+        self,
+        n_components=256,
+        *,
+        kernel="gaussian",
+        gamma=1.0,
+        projection="orthogonal",
+        features="cossin",
+        random_state=None,
+    ):
+        self.n_components = n_components
+        self.kernel = kernel
+        self.gamma = gamma
+        self.projection = projection
+        self.features = features
+        self.random_state = random_state
+
+    def _output_blocks(self):
+        return ("cos", "sin") if self.features == "cossin" else ("cos",)
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Draw the projection (and offsets); X is used only for its number of features.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : OrthogonalRFF
+        """
+        _, rng = self._draw(X)
+        if self.features == "cos":
+            self.random_offset_ = rng.uniform(0.0, 2.0 * np.pi, size=self.n_components)
+        return self
+
+    def transform(self, X):
+        """Map X to trigonometric random features.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            New data, float32 or float64 (other dtypes become float64).
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, 2 * n_components) or (n_samples, n_components)
+            Features in X's floating dtype.
+        """
+        X = self._validated(X)
+        dtype = X.dtype
+        n = X.shape[0]
+        m = self.n_components
+        c2 = 2.0 * self.gamma if self.kernel == "gaussian" else self.gamma
+        WT = self._scaled_projection_T(np.sqrt(c2), dtype)
+        # log of the row factor: h(x) = exp(gamma|x|²/2) for the softmax kernel (spec a.3),
+        # times 1/sqrt(m) ([cos, sin]) or sqrt(2/m) (cos with offsets).
+        log_scale = np.full(
+            n, -0.5 * np.log(m) if self.features == "cossin" else 0.5 * np.log(2 / m)
+        )
+        if self.kernel == "softmax":
+            log_scale += 0.5 * self.gamma * _row_sq_norms(X)
+        _check_log_features(
+            log_scale,
+            dtype,
+            fix="Scale X down or lower gamma (the softmax kernel's trigonometric features "
+            "grow like exp(gamma|x|²/2); PositiveRandomFeatures does not)"
+            + (", or pass float64 data." if dtype == np.float32 else "."),
+        )
+        out = np.empty((n, 2 * m if self.features == "cossin" else m), dtype=dtype)
+        if self.features == "cos":
+            offset = self.random_offset_.astype(dtype)
+
+        def block(rows):
+            if self.features == "cossin":
+                z = np.empty((rows.stop - rows.start, m), dtype=dtype)
+                _project_into(X[rows], WT, z)
+                cos_sin_rows(z, log_scale[rows], out[rows])
+            else:
+                z = out[rows]
+                _project_into(X[rows], WT, z)
+                cos_offset_rows_inplace(z, offset, log_scale[rows])
+
+        map_row_blocks(block, n)
+        return out

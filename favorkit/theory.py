@@ -1,0 +1,1 @@
+"""Closed-form MSE, variance and bounds (in progress: issue 4)."""
