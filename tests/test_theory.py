@@ -192,7 +192,7 @@ def test_smreg_kernel_against_series_and_monte_carlo(d):
     w = 0.5 * np.sum((x + y) ** 2)
     ratio = theory.smreg_kernel(x, y) / theory.softmax_kernel(x, y)
     np.testing.assert_allclose(ratio, _smreg_series(w, d), rtol=1e-10)
-    lo, hi = theory.smreg_bounds(d)
+    _, hi = theory.smreg_bounds(d)
     assert ratio <= hi
     n = 200_000
     W = sampling.orthogonal(n, d, random_state=d, norms="fixed")
