@@ -1,0 +1,102 @@
+"""Timing helpers shared by the benchmarks.
+
+The machine is shared and noisy, so every number is a median over interleaved repeats
+(each round runs every contender once, in turn), and results are reported as ratios of
+times measured in the same run. "This machine's limit" for an operation is built from rates
+measured here and now: the BLAS GEMM rate and the best two-core exp rate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_info, threadpool_limits
+
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "benchmarks"
+
+
+def interleaved_medians(contenders, repeats=9, warmup=1):
+    """Median wall time of each callable, running them in turn ``repeats`` times."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def gemm_seconds(n, k, m, dtype, repeats=9):
+    """Median time of an (n, k) @ (k, m) product with numpy's BLAS (all cores)."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, k)).astype(dtype)
+    b = rng.standard_normal((k, m)).astype(dtype)
+    return interleaved_medians({"gemm": lambda: a @ b}, repeats)["gemm"]
+
+
+def exp_rate(dtype, n_threads=2, size=2**24, block=1 << 18, repeats=9):
+    """Best measured exp throughput (values per second) on ``n_threads`` cores.
+
+    numpy's SIMD exp on blocks of a preallocated array, one block per task on a thread
+    pool (numpy releases the GIL), values in the range features take (about -10..0).
+    """
+    values = np.random.default_rng(0).uniform(-10, 0, size).astype(dtype)
+    out = np.empty_like(values)
+    slices = [slice(i, min(i + block, size)) for i in range(0, size, block)]
+    pool = ThreadPoolExecutor(n_threads)
+
+    def run():
+        list(pool.map(lambda s: np.exp(values[s], out=out[s]), slices))
+
+    with threadpool_limits(1, "blas"):
+        t = interleaved_medians({"exp": run}, repeats)["exp"]
+    pool.shutdown()
+    return size / t
+
+
+def environment():
+    """Facts that make a benchmark result interpretable later."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    import numba
+    import sklearn
+
+    blas = [
+        {k: lib.get(k) for k in ("internal_api", "version", "num_threads", "architecture")}
+        for lib in threadpool_info()
+        if lib.get("user_api") == "blas"
+    ]
+    return {
+        "python": sys.version.split()[0],
+        "numpy": np.__version__,
+        "numba": numba.__version__,
+        "sklearn": sklearn.__version__,
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "blas": blas,
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "commit": commit,
+    }
+
+
+def save(name, payload):
+    """Write ``results/benchmarks/<name>.json`` and return its path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"environment": environment(), **payload}, indent=2))
+    return path

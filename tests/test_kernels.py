@@ -1,0 +1,58 @@
+"""Every Numba kernel against its slow obvious twin in tests/naive.py."""
+
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose
+
+from favorkit._kernels import feature_maps as fm
+from favorkit._kernels.fwht import fwht_rows_inplace
+from tests import naive
+
+DTYPES = [np.float32, np.float64]
+RTOL = {np.float32: 2e-6, np.float64: 1e-13}
+
+
+def _rows(dtype, n=7, m=13, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.normal(size=(n, m)).astype(dtype), rng.normal(size=n)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_plus_minus_shift_rows(dtype):
+    z, shift = _rows(dtype)
+    shift = shift.astype(dtype)
+    out = np.empty((z.shape[0], 2 * z.shape[1]), dtype=dtype)
+    fm.plus_minus_shift_rows(z, shift, out)
+    assert_allclose(out, naive.plus_minus_shift_rows(z, shift), rtol=RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cos_sin_rows(dtype):
+    z, log_scale = _rows(dtype)
+    out = np.empty((z.shape[0], 2 * z.shape[1]), dtype=dtype)
+    fm.cos_sin_rows(z, log_scale, out)
+    assert out.dtype == dtype
+    assert_allclose(out, naive.cos_sin_rows(z, log_scale), rtol=RTOL[dtype], atol=RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cos_offset_rows_inplace(dtype):
+    z, log_scale = _rows(dtype)
+    offset = np.random.default_rng(1).uniform(0, 2 * np.pi, z.shape[1]).astype(dtype)
+    expected = naive.cos_offset_rows(z.astype(np.float64), offset, log_scale)
+    fm.cos_offset_rows_inplace(z, offset, log_scale)
+    assert_allclose(z, expected, rtol=10 * RTOL[dtype], atol=10 * RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("p", [1, 2, 8, 64])
+def test_fwht_rows_inplace(dtype, p):
+    a = np.random.default_rng(p).normal(size=(5, p)).astype(dtype)
+    expected = naive.fwht_rows(a.astype(np.float64))
+    fwht_rows_inplace(a)
+    assert_allclose(a, expected, rtol=RTOL[dtype] * np.log2(2 * p), atol=RTOL[dtype] * p)
+
+
+def test_fwht_rejects_non_power_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        fwht_rows_inplace(np.zeros((2, 6)))
