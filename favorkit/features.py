@@ -112,13 +112,17 @@ class _RandomFeatures(TransformerMixin, BaseEstimator):
         return tags
 
 
-def _row_sq_norms(X):
-    """|x_i|² as float64, accumulated in X's own precision.
+def _row_sq_norms(X, weights=None):
+    """|x_i|² (or Σ_l weights_l x_il²) as float64, accumulated in X's own precision.
 
     For float32 data the rounding error of a float32 sum (~1e-7 |x|²) is of the same order
     as that of the float32 GEMM it is added to, and a float64 accumulation cost a full
     extra conversion pass over X in the benchmark.
     """
+    if weights is not None:
+        if sp.issparse(X):
+            return np.asarray(X.multiply(X) @ weights, dtype=np.float64).ravel()
+        return np.einsum("ij,ij,j->i", X, X, weights.astype(X.dtype)).astype(np.float64)
     if sp.issparse(X):
         return np.asarray(X.multiply(X).sum(axis=1), dtype=np.float64).ravel()
     return np.einsum("ij,ij->i", X, X).astype(np.float64)
@@ -166,7 +170,7 @@ def _check_log_features(row_max, dtype, *, fix):
 
 
 class PositiveRandomFeatures(_RandomFeatures):
-    r"""Positive random features (FAVOR+) for the softmax and Gaussian kernels.
+    r"""Positive random features (FAVOR+, FAVOR++, SADERF) for the softmax and Gaussian kernels.
 
     With ``u = c x`` (``c = sqrt(gamma)`` for the softmax kernel, ``sqrt(2 gamma)`` for the
     Gaussian one) and projection rows ``ω_1 … ω_m`` (:mod:`favorkit.sampling`), the positive
@@ -175,8 +179,21 @@ class PositiveRandomFeatures(_RandomFeatures):
     .. math:: φ(x)_i = \exp(ω_i^T u - |u|^2/2 + g(x)) / \sqrt{m},
 
     with ``g = 0`` for the softmax kernel and ``g = -|u|^2/2`` for the Gaussian kernel, so
-    that ``E[φ(x)^T φ(y)] = K(x, y)`` exactly. The hyperbolic map uses the antithetic pair
-    ``exp(±ω_i^T u)`` and ``1/sqrt(2m)`` (2m columns, lower variance: Lemma 2).
+    that ``E[φ(x)^T φ(y)] = K(x, y)`` exactly. The other estimators:
+
+    * ``"hyperbolic"``: the antithetic pair ``exp(±ω_i^T u)`` with ``1/sqrt(2m)`` (2m columns,
+      lower variance: Lemma 2).
+    * ``"optimal"`` (FAVOR++, optimal positive random features; ``spec/beyond.md`` §2): the
+      generalized exponential map ``D exp(A|ω_i|² + B ω_i^T u - |u|²/2 + g(x))/sqrt(m)``
+      with ``B = sqrt(1 - 4A)``, ``D = (1 - 4A)^{d/4}`` and the closed-form ``A* <= 0`` that
+      minimises the variance averaged over the pairs seen in ``fit`` (it depends on the data
+      only through ``φ = mean |u_i + v_j|²``, computed in O(nd)). Unbiased for any fixed A;
+      positive and bounded.
+    * ``"saderf"`` (``spec/beyond.md`` §3.3): queries are rescaled by a diagonal ``Ψ`` and keys
+      by ``Ψ^{-1}`` (which keeps ``u·v`` and so the kernel), ``Ψ_l = (E_key,l / E_query,l)^{1/4}``
+      from the per-coordinate energies, then the ``"optimal"`` map. Queries and keys get
+      different maps: fit with ``fit(Q, keys=K)`` and transform with
+      ``transform(Q, side="query")`` and ``transform(K, side="key")``.
 
     Features are computed in log space and exponentiated once, with no data-dependent
     max-subtraction, so ``transform(X) @ transform(Y).T`` estimates ``K(X, Y)`` at its true
@@ -186,16 +203,16 @@ class PositiveRandomFeatures(_RandomFeatures):
     Parameters
     ----------
     n_components : int, default=256
-        Number of random projections m. The output has m columns (``"positive"``) or 2m
-        (``"hyperbolic"``).
+        Number of random projections m. The output has m columns, or 2m for
+        ``"hyperbolic"``.
     kernel : {"softmax", "gaussian"}, default="softmax"
         ``exp(gamma x·y)`` or ``exp(-gamma |x - y|²)``.
     gamma : float > 0, default=1.0
         Kernel parameter.
-    estimator : {"positive", "hyperbolic"}, default="positive"
-        The paper's SM+ (m columns) or SM-hyp+ (2m columns) estimator.
-    projection : {"orthogonal", "iid", "gaussian", "structured", "qmc"} or array of shape \
-            (n_components, n_features), default="orthogonal"
+    estimator : {"positive", "hyperbolic", "optimal", "saderf"}, default="positive"
+        The paper's SM+ (m columns) or SM-hyp+ (2m columns) estimator, FAVOR++ or SADERF.
+    projection : {"orthogonal", "iid", "gaussian", "structured", "qmc", "simplex"} or array \
+            of shape (n_components, n_features), default="orthogonal"
         How the rows ω_i are drawn (see :mod:`favorkit.sampling`), or a fixed matrix.
         ``"structured"`` (SORF) is slightly biased; the others are unbiased.
     random_state : int, RandomState, Generator or None, default=None
@@ -205,6 +222,11 @@ class PositiveRandomFeatures(_RandomFeatures):
     ----------
     projection_ : ndarray of shape (n_components, n_features_in_)
         The drawn projection rows ω_i (float64, before the kernel scale c).
+    gerf_a_ : float
+        The GERF parameter A (0 for ``"positive"`` and ``"hyperbolic"``, ``A* <= 0`` fitted
+        for ``"optimal"`` and ``"saderf"``).
+    query_scale_ : ndarray of shape (n_features_in_,)
+        SADERF's diagonal Ψ (ones for the other estimators); keys are divided by it.
     n_features_in_ : int
         Number of features seen in ``fit``.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -219,7 +241,8 @@ class PositiveRandomFeatures(_RandomFeatures):
     -----
     The positive estimator's relative MSE at (x, y) is ``(exp|u+v|² - 1)/m`` for iid
     projections (Lemma 2): it is exact for ``u = -v`` and worst for long aligned vectors.
-    Orthogonal projections lower it further (Theorem 2). See :mod:`favorkit.theory`.
+    Orthogonal projections lower it further (Theorem 2), simplex ones further still, and
+    ``"optimal"`` tames the growth in ``|u+v|²``. See :mod:`favorkit.theory`.
 
     Work is done in row blocks on ``numba.get_num_threads()`` threads with BLAS held to one
     thread; the output is bit-identical for any thread count.
@@ -235,13 +258,21 @@ class PositiveRandomFeatures(_RandomFeatures):
     (5, 2000)
     >>> bool(np.all(F > 0))
     True
-    >>> float(np.abs(F @ F.T - np.exp(X @ X.T)).max()) < 0.05
+    >>> float(np.abs(F @ F.T / np.exp(X @ X.T) - 1).max()) < 0.1
+    True
+
+    SADERF with queries and keys of different scales:
+
+    >>> Q, K = X * [4, 1, 0.25], X * [0.25, 1, 4]
+    >>> sad = PositiveRandomFeatures(2000, estimator="saderf", random_state=0).fit(Q, keys=K)
+    >>> K_hat = sad.transform(Q, side="query") @ sad.transform(K, side="key").T
+    >>> float(np.abs(K_hat / np.exp(Q @ K.T) - 1).max()) < 0.1
     True
     """
 
     _parameter_constraints: dict = {
         **_RandomFeatures._parameter_constraints,
-        "estimator": [StrOptions({"positive", "hyperbolic"})],
+        "estimator": [StrOptions({"positive", "hyperbolic", "optimal", "saderf"})],
     }
 
     def __init__(
@@ -264,78 +295,112 @@ class PositiveRandomFeatures(_RandomFeatures):
     def _output_blocks(self):
         return ("plus", "minus") if self.estimator == "hyperbolic" else ("",)
 
+    def _input_scale_sq(self):
+        """c² with u = c x: gamma (softmax) or 2 gamma (Gaussian)."""
+        return self.gamma if self.kernel == "softmax" else 2.0 * self.gamma
+
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Draw the projection; X is used only for its number of features.
+    def fit(self, X, y=None, *, keys=None):
+        """Draw the projection and, for FAVOR++/SADERF, fit A (and Ψ) from data statistics.
 
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            Training data.
+            Training data: the queries (the first argument of the kernel).
         y : None
-            Ignored.
+            Ignored (keeps the transformer usable in a Pipeline).
+        keys : {array-like, sparse matrix} of shape (n_keys, n_features), default=None
+            The second argument of the kernel, if it differs from X. Used only by
+            ``"optimal"`` (for ``φ = mean |u_i + v_j|²``) and ``"saderf"`` (for Ψ);
+            ``None`` means the keys are X itself.
 
         Returns
         -------
         self : PositiveRandomFeatures
         """
-        self._draw(X)
+        X, _ = self._draw(X)
+        d = X.shape[1]
+        self.gerf_a_ = 0.0
+        self.query_scale_ = np.ones(d)
+        if self.estimator in ("optimal", "saderf"):
+            if keys is None:
+                Y = X
+            else:
+                Y = validate_data(
+                    self, keys, accept_sparse="csr", dtype=[np.float64, np.float32], reset=False
+                )
+            c2 = self._input_scale_sq()
+            if self.estimator == "saderf":
+                self.query_scale_ = _saderf_scale(X, Y)
+            self.gerf_a_ = _optimal_gerf_a(_mean_pair_sq_norm(X, Y, self.query_scale_) * c2, d)
         return self
 
-    def transform(self, X):
+    def transform(self, X, *, side="query"):
         """Map X to positive random features.
 
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
             New data, float32 or float64 (other dtypes become float64).
+        side : {"query", "key"}, default="query"
+            Which argument of the kernel X is. Only ``"saderf"`` maps the two sides
+            differently; the other estimators ignore it.
 
         Returns
         -------
         X_new : ndarray of shape (n_samples, n_components) or (n_samples, 2 * n_components)
             Positive features in X's floating dtype.
         """
+        if side not in ("query", "key"):
+            raise ValueError(f'side must be "query" or "key", got {side!r}.')
         X = self._validated(X)
         dtype = X.dtype
-        n = X.shape[0]
+        n, d = X.shape
         m = self.n_components
         hyperbolic = self.estimator == "hyperbolic"
         n_cols = 2 * m if hyperbolic else m
-        c2 = self.gamma if self.kernel == "softmax" else 2.0 * self.gamma
-        WT = self._scaled_projection_T(np.sqrt(c2), dtype)
-        # Row term of Lemma 1 in log space: -|u|²/2 (-|u|² for the Gaussian kernel, whose
-        # exp(-gamma|x|²) factor joins it), and 1/sqrt(m) (1/sqrt(2m) for the antithetic pair).
-        sq_weight = 1.0 if self.kernel == "gaussian" else 0.5
-        log_norm = -0.5 * np.log(n_cols)
-        log_max, log_tiny = _log_range(dtype)
-        # Completing the square, w·u - |u|²/2 <= |w|²/2 (and w·u - |u|² <= |w|²/4): when this
-        # data-free bound is below the dtype's range no feature can overflow, and the per-row
-        # maxima (a full extra pass) are only needed for rows that might underflow.
+        c2 = self._input_scale_sq()
+        a = float(self.gerf_a_)
+        b = np.sqrt(1.0 - 4.0 * a)
+        # Per-coordinate input scale: c, times Ψ (queries) or 1/Ψ (keys) for SADERF.
+        psi = self.query_scale_ if side == "query" else 1.0 / self.query_scale_
+        col_scale = np.sqrt(c2) * psi
+        WT = np.ascontiguousarray((self.projection_ * (b * col_scale)).T, dtype=dtype)
+        # log φ_j(x) = A|ω_j|² + B ω_j·ũ - |ũ|²/2 [- |u|²/2 for the Gaussian kernel]
+        #              + (d/4) log(1 - 4A) - ½ log(n_cols)     (beyond.md §2.1; math.md a.4)
+        # with ũ = Ψ^{±1} u (= u except for SADERF). A = 0 gives Lemma 1's positive map.
         w_sq = np.einsum("ij,ij->i", self.projection_, self.projection_)
-        may_overflow = (
-            w_sq.max() * (0.25 if self.kernel == "gaussian" else 0.5) + log_norm > log_max
-        )
+        col_term = a * w_sq
+        log_const = 0.25 * d * np.log1p(-4.0 * a) - 0.5 * np.log(n_cols)
+        gaussian = self.kernel == "gaussian"
+        log_max, log_tiny = _log_range(dtype)
+        # Completing the square, A|ω|² + Bω·ũ - |ũ|²/2 <= (1/2 - A)|ω|²: when this data-free
+        # bound is inside the dtype's range no feature can overflow, and per-row maxima (an
+        # extra pass) are only needed for rows that might underflow.
+        may_overflow = w_sq.max() * (0.5 - a) + log_const > log_max
         w_norm = np.sqrt(w_sq.max())
         out = np.empty((n, n_cols), dtype=dtype)
         checked = np.zeros(n, dtype=bool)
         row_max = np.full(n, -np.inf)
-        # Dense positive map: fold the row term into the GEMM as an extra column
-        # ([x, shift] @ [W^T; 1]), so that the GEMM's output goes straight to exp — one pass
-        # over the output fewer than adding it afterwards.
-        fold_shift = not hyperbolic and not sp.issparse(X)
-        if fold_shift:
-            WT = np.vstack([WT, np.ones((1, m), dtype=dtype)])
-        d = X.shape[1]
+        # Dense non-hyperbolic maps fold the row term (and A|ω|²) into the GEMM as extra
+        # columns ([x, shift, 1] @ [W^T; 1; A|ω|²]): the GEMM's output goes straight to
+        # exp, one pass over the output fewer than adding them afterwards.
+        fold = not hyperbolic and not sp.issparse(X)
+        if fold:
+            extra = [np.ones((1, m))] + ([col_term[None, :]] if a != 0.0 else [])
+            WT = np.vstack([WT, *[e.astype(dtype) for e in extra]])
+        col_term_t = col_term.astype(dtype)
 
         def block(rows):
             Xb = X[rows]
-            sq = _row_sq_norms(Xb) * c2
-            shift = log_norm - sq_weight * sq
-            # Lower bound of a row's largest exponent: shift - |u| |w|_max.
+            sq_u = _row_sq_norms(Xb) * c2
+            sq_t = sq_u if self.estimator != "saderf" else _row_sq_norms(Xb, col_scale**2)
+            shift = log_const - 0.5 * sq_t - (0.5 * sq_u if gaussian else 0.0)
+            # Lower bound of a row's largest log-feature: shift + A|ω|²_max - B|ũ||ω|_max.
             if may_overflow:
                 check = np.ones(shift.shape, dtype=bool)
             else:
-                check = shift - np.sqrt(sq) * w_norm < log_tiny
+                check = shift + a * w_norm**2 - b * np.sqrt(sq_t) * w_norm < log_tiny
             if hyperbolic:
                 z = np.empty((Xb.shape[0], m), dtype=dtype)
                 _project_into(Xb, WT, z)
@@ -345,14 +410,16 @@ class PositiveRandomFeatures(_RandomFeatures):
                     row_max[rows][check] = np.maximum(zc.max(1), -zc.min(1)) + shift[check]
             else:
                 z = out[rows]
-                if fold_shift:
-                    Xs = np.empty((Xb.shape[0], d + 1), dtype=dtype)
+                if fold:
+                    Xs = np.ones((Xb.shape[0], WT.shape[0]), dtype=dtype)
                     Xs[:, :d] = Xb
                     Xs[:, d] = shift
                     np.matmul(Xs, WT, out=z)
                 else:
                     _project_into(Xb, WT, z)
                     z += shift.astype(dtype)[:, None]
+                    if a != 0.0:
+                        z += col_term_t
                 if check.any():
                     row_max[rows][check] = z[check].max(axis=1)
             checked[rows] = check
@@ -369,6 +436,47 @@ class PositiveRandomFeatures(_RandomFeatures):
                 + (", or pass float64 data." if dtype == np.float32 else "."),
             )
         return out
+
+
+def _saderf_scale(X, Y):
+    """SADERF's Ψ_l = (Σ_j y_jl² / Σ_i x_il²)^{1/4} (beyond.md §3.3), per coordinate.
+
+    Minimises mean |Ψx_i + Ψ^{-1}y_j|² over diagonal Ψ. A coordinate that is zero on one side
+    only gets the limit the formula tends to (a tiny relative epsilon keeps it finite).
+    """
+    ex = _column_sq_sums(X) / X.shape[0]
+    ey = _column_sq_sums(Y) / Y.shape[0]
+    eps = 1e-12 * max(ex.sum() + ey.sum(), np.finfo(np.float64).tiny) / ex.size
+    return ((ey + eps) / (ex + eps)) ** 0.25
+
+
+def _column_sq_sums(X):
+    if sp.issparse(X):
+        return np.asarray(X.multiply(X).sum(axis=0), dtype=np.float64).ravel()
+    return np.einsum("ij,ij->j", X, X, dtype=np.float64)
+
+
+def _mean_pair_sq_norm(X, Y, psi):
+    """φ = mean over pairs |Ψx_i + Ψ^{-1}y_j|² = mean|Ψx|² + mean|Ψ^{-1}y|² + 2 mean(x)·mean(y).
+
+    O(nd) instead of O(n² d) (beyond.md §2.3, the homogeneity heuristic).
+    """
+    x_bar = np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
+    y_bar = np.asarray(Y.mean(axis=0), dtype=np.float64).ravel()
+    ex = _column_sq_sums(X) / X.shape[0]
+    ey = _column_sq_sums(Y) / Y.shape[0]
+    return float(ex @ psi**2 + ey @ psi**-2 + 2.0 * x_bar @ y_bar)
+
+
+def _optimal_gerf_a(phi, d):
+    """The variance-optimal GERF parameter A* <= 0 for mean |u + v|² = φ (beyond.md §2.3).
+
+    ρ* = 2d / (sqrt((2φ + d)² + 8dφ) + 2φ + d) (the cancellation-free root of
+    2φρ² + (2φ + d)ρ - d = 0) and A* = (1 - 1/ρ*)/8; ρ* = 1 (A* = 0, FAVOR+) at φ = 0.
+    """
+    phi = max(phi, 0.0)
+    rho = 2.0 * d / (np.sqrt((2.0 * phi + d) ** 2 + 8.0 * d * phi) + 2.0 * phi + d)
+    return (1.0 - 1.0 / rho) / 8.0
 
 
 class OrthogonalRFF(_RandomFeatures):

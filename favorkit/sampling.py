@@ -12,6 +12,9 @@ the softmax and Gaussian kernel estimators of the Performer paper are unbiased
 ``structured``  SORF, ``sqrt(p) H D3 H D2 H D1`` with Walsh–Hadamard ``H``; O(m log d) to
                 apply, nearly orthogonal, *slightly biased* (the bias vanishes as d grows).
 ``qmc``         scrambled Sobol points pushed through the inverse normal CDF.
+``simplex``     simplex random features (SimRF): the d directions of a block point to the
+                vertices of a randomly rotated regular simplex (pairwise cosine -1/(d-1)),
+                chi norms; the lowest-MSE weight-independent coupling for positive features.
 
 Each takes ``random_state`` as None, an int, a :class:`numpy.random.RandomState` or a
 :class:`numpy.random.Generator`.
@@ -27,7 +30,7 @@ from sklearn.utils import check_random_state
 
 from favorkit._kernels.fwht import fwht_rows_inplace
 
-__all__ = ["PROJECTIONS", "draw", "gaussian", "orthogonal", "qmc", "structured"]
+__all__ = ["PROJECTIONS", "draw", "gaussian", "orthogonal", "qmc", "simplex", "structured"]
 
 
 def _rng(random_state):
@@ -58,6 +61,19 @@ def _chi_norms(rng, n_rows, dim):
     independent (peers.md 4.3 shows the bias of reusing the block).
     """
     return np.linalg.norm(rng.standard_normal((n_rows, dim)), axis=1)
+
+
+def _haar_rows(rng, d, sign_fix=True):
+    """The rows of a Haar-distributed d x d orthogonal matrix.
+
+    QR of a Gaussian block, then ``Q *= sign(diag(R))``: Householder QR alone does not give
+    a Haar matrix (row i leans towards ±e_i), and that lean biases the positive softmax
+    estimator by 7–15 % (``spec/math.md`` (d).2, ``peers.md`` 4.1).
+    """
+    q, r = np.linalg.qr(rng.standard_normal((d, d)))
+    if sign_fix:
+        q *= np.sign(np.diag(r))
+    return q.T
 
 
 def gaussian(n_components, n_features, random_state=None):
@@ -92,9 +108,7 @@ def orthogonal(n_components, n_features, random_state=None, *, norms="chi", sign
     Rows come in independent blocks of ``d = n_features`` exactly orthogonal directions; the
     last block is truncated when ``m`` is not a multiple of ``d`` (spec a.7, a.11). A block is
     the Q factor of a Gaussian ``d x d`` matrix with its column signs set by
-    ``Q *= sign(diag(R))``: Householder QR alone does not give a Haar matrix (row ``i`` leans
-    towards ``±e_i``), and that lean biases the positive softmax estimator by 7–15 %
-    (``spec/math.md`` (d).2, ``peers.md`` 4.1).
+    ``Q *= sign(diag(R))`` (see ``_haar_rows`` for why the fix matters).
 
     Parameters
     ----------
@@ -132,12 +146,7 @@ def orthogonal(n_components, n_features, random_state=None, *, norms="chi", sign
     rng = _rng(random_state)
     d = n_features
     n_blocks = -(-n_components // d)
-    blocks = []
-    for _ in range(n_blocks):
-        q, r = np.linalg.qr(rng.standard_normal((d, d)))
-        if sign_fix:
-            q *= np.sign(np.diag(r))
-        blocks.append(q.T)
+    blocks = [_haar_rows(rng, d, sign_fix) for _ in range(n_blocks)]
     directions = np.concatenate(blocks, axis=0)[:n_components]
     if norms == "chi":
         lengths = _chi_norms(rng, n_components, d)
@@ -240,12 +249,58 @@ def qmc(n_components, n_features, random_state=None):
     return stats.norm.ppf(np.clip(u, eps, 1.0 - eps))
 
 
+def simplex(n_components, n_features, random_state=None):
+    """Simplex random features (SimRF, Reid et al. 2023; ``spec/beyond.md`` §4.1).
+
+    Each block of ``d`` rows is ``D_chi S R``: ``R`` a Haar rotation (sign-fixed QR), ``S``
+    the unit vectors ``s_i = (e_i - 1/d) / sqrt(1 - 1/d)`` of a regular simplex (pairwise
+    cosine ``-1/(d-1)``) and ``D_chi`` independent chi_d lengths. Each row is marginally
+    N(0, I_d), so every positive estimator stays unbiased, and the negative coupling gives
+    the smallest MSE among weight-independent couplings of positive (and OPRF) features
+    (beyond.md §4.2). For trigonometric features there is no such guarantee. Blocks are
+    independent; the last is truncated. For ``d = 1`` a block is a single ±1 direction.
+
+    Parameters
+    ----------
+    n_components : int
+        Number of rows m.
+    n_features : int
+        Input dimension d.
+    random_state : None, int, RandomState or Generator
+        Source of randomness.
+
+    Returns
+    -------
+    W : ndarray of shape (n_components, n_features), float64
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkit import sampling
+    >>> W = sampling.simplex(4, 4, random_state=0)
+    >>> U = W / np.linalg.norm(W, axis=1, keepdims=True)
+    >>> np.allclose(U @ U.T, np.where(np.eye(4) == 1, 1.0, -1 / 3))
+    True
+    """
+    _check_shape(n_components, n_features)
+    rng = _rng(random_state)
+    d = n_features
+    n_blocks = -(-n_components // d)
+    if d == 1:
+        directions = np.where(rng.random((n_blocks, 1)) < 0.5, -1.0, 1.0)
+    else:
+        vertices = (np.eye(d) - 1.0 / d) / np.sqrt(1.0 - 1.0 / d)
+        directions = np.concatenate([vertices @ _haar_rows(rng, d) for _ in range(n_blocks)])
+    return directions[:n_components] * _chi_norms(rng, n_components, d)[:, None]
+
+
 PROJECTIONS = {
     "iid": gaussian,
     "gaussian": gaussian,
     "orthogonal": orthogonal,
     "structured": structured,
     "qmc": qmc,
+    "simplex": simplex,
 }
 
 
@@ -256,7 +311,7 @@ def draw(projection, n_components, n_features, random_state=None):
     ----------
     projection : str or array-like of shape (n_components, n_features)
         One of ``"iid"`` (alias ``"gaussian"``), ``"orthogonal"``, ``"structured"``,
-        ``"qmc"``, or a user-supplied matrix, which is validated and returned as float64.
+        ``"qmc"``, ``"simplex"``, or a user-supplied matrix, which is validated and returned as float64.
     n_components, n_features : int
         The shape asked for.
     random_state : None, int, RandomState or Generator

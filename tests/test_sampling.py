@@ -43,6 +43,8 @@ UNBIASED = {
     "orthogonal": lambda rng: sampling.orthogonal(16, D, rng),
     "orthogonal_truncated": lambda rng: sampling.orthogonal(13, D, rng),
     "qmc": lambda rng: sampling.qmc(16, D, rng),
+    "simplex": lambda rng: sampling.simplex(16, D, rng),
+    "simplex_truncated": lambda rng: sampling.simplex(13, D, rng),
 }
 
 
@@ -81,6 +83,21 @@ def test_orthogonal_blocks_are_independent():
     W = sampling.orthogonal(2 * D, D, 0)
     a, b = W[:D], W[D:]
     assert not np.allclose(np.abs(a @ b.T), np.diag(np.diag(np.abs(a @ b.T))))
+
+
+@pytest.mark.parametrize("m", [3, 8, 20])
+def test_simplex_blocks_point_to_simplex_vertices(m):
+    W = sampling.simplex(m, D, 0)
+    U = W / np.linalg.norm(W, axis=1, keepdims=True)
+    for start in range(0, m, D):
+        block = U[start : start + D]
+        expected = np.where(np.eye(len(block)) == 1, 1.0, -1.0 / (D - 1))
+        assert_allclose(block @ block.T, expected, atol=1e-12)
+
+
+def test_simplex_in_one_dimension_has_random_signs():
+    W = sampling.simplex(400, 1, 0)
+    assert 150 < (W > 0).sum() < 250
 
 
 def test_structured_blocks_are_orthogonal_when_d_is_a_power_of_two():

@@ -9,6 +9,10 @@ ESTIMATORS = [
     PositiveRandomFeatures(
         n_components=8, kernel="gaussian", estimator="hyperbolic", projection="iid", random_state=0
     ),
+    PositiveRandomFeatures(
+        n_components=8, estimator="optimal", projection="simplex", random_state=0
+    ),
+    PositiveRandomFeatures(n_components=8, kernel="gaussian", estimator="saderf", random_state=0),
     OrthogonalRFF(n_components=8, random_state=0),
     # check_fit_idempotent feeds |x| ~ 140: exp(gamma |x|²/2), the trigonometric softmax
     # features' factor, would overflow float64 at gamma=1 and transform rightly refuses.
