@@ -1,13 +1,964 @@
-"""FAVOR attention (in progress: issue 3)."""
+"""FAVOR attention (Performer) and exact softmax attention, in O(L) memory on CPU.
+
+Three public names:
+
+* :func:`softmax_attention`: the exact reference ``softmax(scale Q K^T) V`` with
+  log-sum-exp and float64 accumulation, in query row blocks (L = 32 768 fits in memory).
+* :func:`favor_attention`: the functional core of linear attention with random features
+  (``spec/math.md`` a.1, a.9, a.10): bidirectional ``φ(Q) (φ(K)^T [V 1])``, or causal
+  prefix sums of ``φ(k_j) [v_j 1]^T``, never forming an L x L matrix, an L x m x d tensor or
+  even a whole L x m feature matrix.
+* :class:`FavorAttention`: the sklearn-style estimator that draws the projection in ``fit``
+  and keeps it (``redraw()`` draws a new one).
+
+How stabilization works, and why it cannot leak (DESIGN.md "never leaks", peers.md 4.4).
+Every feature row is split into a bounded part and a log-constant: a query row loses its
+own maximum (a per-row constant, which cancels in the row's normalization); a key row
+``j`` is stored as ``exp(s_j) * fk_j`` with ``fk_j`` bounded and ``s_j`` a float64 number
+that depends on key ``j`` alone. Sums over keys are kept relative to a running reference
+(the largest ``s`` seen so far) and rescaled when it grows, so no constant depends on a
+future position; no epsilon is ever added after a stabilizer, so no key can change
+another key's weight. A padded key gets a zero feature row and ``s = -inf``: it adds
+nothing to the numerator or the denominator.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import threading
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from favorkit import sampling
+from favorkit._kernels.attention import causal_block, merge_normalize
+from favorkit._kernels.feature_maps import cos_sin_rows, plus_minus_shift_rows
+from favorkit._parallel import map_row_blocks
+from favorkit._validation import (
+    Interval,
+    StrOptions,
+    _fit_context,
+    check_is_fitted,
+    validate_data,
+)
+from favorkit.features import NumericalWarning
+
+__all__ = ["FavorAttention", "favor_attention", "softmax_attention"]
+
+ESTIMATORS = ("positive", "hyperbolic", "trig")
+GENERALIZED = ("relu", "elu", "exp", "abs")
+
+# Rows per task (one task = one block of one sequence, on one thread with one BLAS thread).
+BLOCK_ROWS = 4096
+# Causal chunk length: the masked dense block is CHUNK x CHUNK. Measured on the 2-core
+# development machine (d = 64, m = 256, one head): 32, 96 and 128 were slower than 64
+# (smaller chunks waste GEMM efficiency, larger ones add O(C) intra-chunk flops per row).
+CHUNK = 64
+# Causal attention over at least this many sequences (batch x heads) runs one task per
+# sequence; fewer sequences are split into blocks that run in parallel (plus one GEMM per
+# block for the carried-in state). The rule ignores the thread count, so the output does
+# not depend on it.
+SEQUENTIAL_MIN_SEQ = 4
+# Rows of a bidirectional key block summed in the GEMM dtype before adding into the
+# float64 state (keeps float32 accumulation error at ~sqrt(512) ulp).
+KEY_SUBBLOCK = 512
+# Largest gap between a chunk's reference and a row's causal reference on the fast path.
+# float32 features underflow near exp(-87): a gap <= 20 keeps every key within e^-67 of
+# the row's largest visible key at full precision.
+_THRESH = {np.dtype(np.float32): 20.0, np.dtype(np.float64): 300.0}
+# Logit entries per block of the exact reference (16 MiB of float64).
+_EXACT_BLOCK_ELEMS = 1 << 21
 
 
-class FavorAttention:  # placeholder until issue 3 lands
-    pass
+# --------------------------------------------------------------------------------------
+# validation
 
 
-def favor_attention(*args, **kwargs):
-    raise NotImplementedError("favor_attention is being built (issue 3).")
+def _as_array(X, name):
+    X = np.asarray(X)
+    if X.dtype.kind not in "fiu" or X.dtype.kind == "b":
+        raise ValueError(f"{name} must be a real numeric array, got dtype {X.dtype}.")
+    if X.ndim < 2:
+        raise ValueError(
+            f"{name} must have shape (..., L, d) with at least 2 dimensions, got shape {X.shape}."
+        )
+    return X
 
 
-def softmax_attention(*args, **kwargs):
-    raise NotImplementedError("softmax_attention is being built (issue 3).")
+def _float_dtype(*arrays):
+    dtype = np.result_type(*[a.dtype for a in arrays])
+    if dtype == np.float32 or (dtype.kind == "f" and dtype.itemsize < 4):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
+def _prepare(Q, K, V, key_padding_mask, causal):
+    """Validate shapes, pick the dtype, flatten the batch axes: (N, L, d) views."""
+    Q, K, V = _as_array(Q, "Q"), _as_array(K, "K"), _as_array(V, "V")
+    batch = Q.shape[:-2]
+    if K.shape[:-2] != batch or V.shape[:-2] != batch:
+        raise ValueError(
+            "Q, K and V must have the same batch and head axes in front of (L, d); got "
+            f"shapes {Q.shape}, {K.shape} and {V.shape}."
+        )
+    if K.shape[-1] != Q.shape[-1]:
+        raise ValueError(
+            f"Q and K must have the same last dimension d, got {Q.shape[-1]} and {K.shape[-1]}."
+        )
+    if V.shape[-2] != K.shape[-2]:
+        raise ValueError(
+            f"K and V must have the same length L_k (axis -2), got {K.shape[-2]} and {V.shape[-2]}."
+        )
+    Lq, d = Q.shape[-2:]
+    Lk, dv = V.shape[-2:]
+    if min(Lq, Lk, d, dv) < 1:
+        raise ValueError(f"Empty input: Q {Q.shape}, K {K.shape}, V {V.shape}.")
+    if causal and Lq != Lk:
+        raise ValueError(
+            f"Causal attention needs as many queries as keys, got L_q={Lq} and L_k={Lk}."
+        )
+    dtype = _float_dtype(Q, K, V)
+    n = math.prod(batch)
+    Qf, Kf, Vf = (np.ascontiguousarray(X, dtype=dtype).reshape(n, *X.shape[-2:]) for X in (Q, K, V))
+    mask = None
+    if key_padding_mask is not None:
+        mask = np.asarray(key_padding_mask)
+        if mask.dtype != np.bool_:
+            raise ValueError(
+                "key_padding_mask must be a boolean array (True = padded key, PyTorch's "
+                f"nn.MultiheadAttention convention), got dtype {mask.dtype}."
+            )
+        lead = mask.shape[:-1]
+        if mask.ndim < 1 or mask.shape[-1] != Lk or lead != batch[: len(lead)]:
+            raise ValueError(
+                f"key_padding_mask has shape {mask.shape}; with K of shape {K.shape} it must "
+                f"be (L_k,) = ({Lk},) or (*batch[:k], L_k), e.g. {(*batch, Lk)} or "
+                f"{(*batch[:1], Lk)} (broadcast over the heads)."
+            )
+        # Broadcast over the trailing batch axes (the heads), not numpy's leading ones.
+        full = mask.reshape(lead + (1,) * (len(batch) - len(lead)) + (Lk,))
+        mask = np.ascontiguousarray(np.broadcast_to(full, (*batch, Lk))).reshape(n, Lk)
+        if not mask.any():
+            mask = None
+    return Qf, Kf, Vf, mask, batch, dtype
+
+
+def _check_finite(X, name):
+    if not np.isfinite(X).all():
+        raise ValueError(f"{name} contains NaN or inf; attention needs finite inputs.")
+
+
+def _resolve_scale(scale, d):
+    if scale is None:
+        return 1.0 / math.sqrt(d)
+    if not isinstance(scale, numbers.Real) or not scale > 0 or not math.isfinite(scale):
+        raise ValueError(f"scale must be a positive finite number or None, got {scale!r}.")
+    return float(scale)
+
+
+# --------------------------------------------------------------------------------------
+# exact reference
+
+
+def softmax_attention(Q, K, V, *, causal=False, scale=None, key_padding_mask=None):
+    """Exact softmax attention ``softmax(scale Q K^T) V``, the reference for FAVOR.
+
+    Computed with log-sum-exp in float64 in blocks of query rows, so memory beyond the
+    inputs and output is a few MiB even at L = 32 768; blocks run on
+    ``numba.get_num_threads()`` threads with one BLAS thread each.
+
+    Parameters
+    ----------
+    Q : array-like of shape (..., L_q, d)
+        Queries; any leading batch and head axes.
+    K : array-like of shape (..., L_k, d)
+        Keys, with the same leading axes.
+    V : array-like of shape (..., L_k, d_v)
+        Values.
+    causal : bool, default=False
+        Query ``t`` attends to keys ``j <= t`` only (diagonal included; needs L_q = L_k).
+    scale : float or None, default=None
+        Multiplies ``q·k``; None means ``1/sqrt(d)``.
+    key_padding_mask : bool array of shape (L_k,), (..., L_k) or (B, L_k), default=None
+        ``True`` marks a padded key that is ignored (PyTorch's ``nn.MultiheadAttention``
+        convention). A shorter leading shape is broadcast over the trailing (head) axes.
+        A query that sees no key gets a zero row.
+
+    Returns
+    -------
+    out : ndarray of shape (..., L_q, d_v)
+        float32 if all inputs are float32, else float64.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkit import softmax_attention
+    >>> rng = np.random.default_rng(0)
+    >>> Q, K, V = rng.normal(size=(3, 4, 2))
+    >>> out = softmax_attention(Q, K, V, causal=True)
+    >>> out.shape
+    (4, 2)
+    >>> bool(np.allclose(out[0], V[0]))  # the first query sees only the first key
+    True
+    """
+    Qf, Kf, Vf, mask, batch, dtype = _prepare(Q, K, V, key_padding_mask, causal)
+    n_seq, Lq, d = Qf.shape
+    Lk, dv = Vf.shape[1:]
+    scale = _resolve_scale(scale, d)
+    out = np.empty((n_seq, Lq, dv), dtype=dtype)
+    block = max(1, min(Lq, _EXACT_BLOCK_ELEMS // Lk))
+    nb = -(-Lq // block)
+
+    def task(rows):
+        n, b = divmod(rows.start, nb)
+        lo, hi = b * block, min(Lq, (b + 1) * block)
+        kend = min(Lk, hi) if causal else Lk  # keys after the block's last query are unseen
+        q = Qf[n, lo:hi]
+        k = Kf[n, :kend]
+        v = Vf[n, :kend]
+        _check_finite(q, "Q")
+        if b == 0 or not causal:
+            # each key block is checked by the first task that reads all of it
+            _check_finite(Kf[n] if b == 0 else k, "K")
+            _check_finite(Vf[n] if b == 0 else v, "V")
+        logits = (q.astype(np.float64) * scale) @ k.T.astype(np.float64)
+        if causal:
+            t = np.arange(lo, hi)[:, None]
+            logits[np.arange(kend)[None, :] > t] = -np.inf
+        if mask is not None:
+            logits[:, mask[n, :kend]] = -np.inf
+        top = logits.max(axis=1, keepdims=True)
+        empty = ~np.isfinite(top[:, 0])
+        top[empty] = 0.0
+        np.exp(logits - top, out=logits)
+        den = logits.sum(axis=1)
+        res = logits @ v.astype(np.float64)
+        den[empty] = 1.0
+        res /= den[:, None]
+        res[empty] = 0.0
+        out[n, lo:hi] = res
+
+    with np.errstate(under="ignore"):
+        map_row_blocks(task, n_seq * nb, block_rows=1)
+    return out.reshape(*batch, Lq, dv)
+
+
+# --------------------------------------------------------------------------------------
+# feature maps for attention
+
+
+class _FeatureMap:
+    """Everything needed to map a row block to (bounded features, key log-constants)."""
+
+    def __init__(self, projection, kernel, estimator, scale, kernel_epsilon, dtype):
+        self.kernel = kernel
+        self.estimator = estimator
+        self.scale = scale
+        self.eps = kernel_epsilon
+        self.dtype = dtype
+        self.root = math.sqrt(scale)
+        # Queries and keys are each multiplied by sqrt(scale) (spec a.1: d^{-1/4} each);
+        # folding it into W avoids a scaled copy of the inputs.
+        self.WT = (
+            None
+            if projection is None
+            else np.ascontiguousarray((projection * self.root).T, dtype=dtype)
+        )
+        self.paired = kernel == "softmax" and estimator != "positive"
+
+    def width_for(self, X):
+        """Number of feature columns for inputs like X."""
+        m = X.shape[-1] if self.WT is None else self.WT.shape[1]
+        return 2 * m if self.paired else m
+
+    def __call__(self, X, *, keys):
+        """Features of rows X: ``(F, s)``, ``s`` float64 for keys (None for queries)."""
+        dtype = self.dtype
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below, with the fix
+            Z = X @ self.WT if self.WT is not None else X * dtype.type(self.root)
+        n = X.shape[0]
+        if self.kernel != "softmax":
+            return self._generalized(Z), (np.zeros(n) if keys else None)
+        sq = np.einsum("ij,ij->i", X, X, dtype=np.float64) * self.scale if keys else None
+        if self.estimator == "positive":
+            # log φ_i(x) = ω_i·x̃ - |x̃|²/2 (- log sqrt(m), a global constant that cancels).
+            zmax = Z.max(axis=1)
+            self._check_overflow(zmax)
+            Z -= zmax[:, None]
+            np.exp(Z, out=Z)
+            F = Z
+            s = zmax - 0.5 * sq if keys else None
+        elif self.estimator == "hyperbolic":
+            # [exp(ω·x̃), exp(-ω·x̃)] exp(-|x̃|²/2) / sqrt(2m): antithetic pair (spec a.4).
+            a = np.maximum(Z.max(axis=1), -Z.min(axis=1))
+            self._check_overflow(a)
+            F = np.empty((n, 2 * Z.shape[1]), dtype=dtype)
+            plus_minus_shift_rows(Z, (-a).astype(dtype), F)
+            np.exp(F, out=F)
+            s = a - 0.5 * sq if keys else None
+        else:
+            # [cos(ω·x̃), sin(ω·x̃)] exp(+|x̃|²/2) / sqrt(m) (spec a.3); signed features.
+            self._check_overflow(Z.max(axis=1) if Z.size else np.zeros(1))
+            F = np.empty((n, 2 * Z.shape[1]), dtype=dtype)
+            cos_sin_rows(Z, np.zeros(n), F)
+            s = 0.5 * sq if keys else None
+        if keys and not np.isfinite(s).all():
+            raise ValueError(
+                "A key's squared norm overflows float64; scale the keys down (or pass a "
+                "smaller scale)."
+            )
+        return F, s
+
+    def _check_overflow(self, zmax):
+        if not np.isfinite(zmax).all():
+            raise ValueError(
+                f"The projections W·x overflow {self.dtype.name}; scale the inputs down "
+                "(or pass a smaller scale)."
+            )
+
+    def _generalized(self, Z):
+        kernel = self.kernel
+        with np.errstate(over="ignore"):
+            if kernel == "relu":
+                F = np.maximum(Z, 0, out=Z)
+            elif kernel == "elu":  # elu(z) + 1 (Katharopoulos et al. 2020)
+                F = np.where(Z > 0, Z + 1, np.exp(np.minimum(Z, 0)))
+            elif kernel == "exp":
+                F = np.exp(Z, out=Z)
+            elif kernel == "abs":
+                F = np.abs(Z, out=Z)
+            else:
+                F = np.asarray(kernel(Z))
+                if F.shape != Z.shape:
+                    raise ValueError(
+                        f"The kernel callable must map an array of shape {Z.shape} to the "
+                        f"same shape, got {F.shape}."
+                    )
+                F = F.astype(self.dtype, copy=False)
+        if self.eps:
+            F = F + self.dtype.type(self.eps)
+        if not np.isfinite(F).all():
+            raise ValueError(
+                f"kernel={kernel!r} gave non-finite features ({self.dtype.name} overflow or "
+                "NaN); scale the inputs down (or pass a smaller scale)."
+            )
+        return np.ascontiguousarray(F)
+
+
+def _mask_keys(F, s, mask_rows):
+    """Padded keys: zero feature rows and ``s = -inf`` (masks act on features)."""
+    if mask_rows is not None and mask_rows.any():
+        F[mask_rows] = 0.0
+        s[mask_rows] = -np.inf
+
+
+def _ones_column(v, dtype):
+    u = np.empty((v.shape[0], v.shape[1] + 1), dtype=dtype)
+    u[:, :-1] = v
+    u[:, -1] = 1.0
+    return u
+
+
+def _merge_state(prev, block):
+    """Sum of two (state, reference) pairs, relative to the larger reference."""
+    if prev is None or prev[1] == -np.inf:
+        return block
+    if block[1] == -np.inf:
+        return prev
+    (S1, R1), (S2, R2) = prev, block
+    R = max(R1, R2)
+    return S1 * math.exp(R1 - R) + S2 * math.exp(R2 - R), R
+
+
+def _chained(n_seq, n_blocks, local):
+    """Run ``local(n, b)`` for every block of every sequence on the thread pool and fold
+    the block states of each sequence in block order.
+
+    ``local`` returns ``((state, ref), finish)``. After the previous block of the same
+    sequence has folded its state, this block folds its own (so the order, hence the
+    rounding, is fixed: bit-identical output for any thread count), releases the next
+    block, and only then calls ``finish(state_before_this_block)`` (if not None), so the
+    wait sits at the end of the block's work, not its start. Returns the folded
+    ``(state, ref)`` of every sequence (None if it has no block).
+    """
+    events = [threading.Event() for _ in range(n_seq * n_blocks)]
+    carried = [None] * n_seq
+    failed = []
+
+    def task(rows):
+        i = rows.start
+        n, b = divmod(i, n_blocks)
+        released = False
+        try:
+            pair, finish = local(n, b)
+            if b > 0:
+                events[i - 1].wait()
+                if failed:
+                    return
+            before = carried[n]
+            carried[n] = _merge_state(before, pair)
+            events[i].set()
+            released = True
+            if finish is not None:
+                finish(before)
+        except BaseException:
+            failed.append(True)
+            raise
+        finally:
+            if not released:  # never leave the next block waiting
+                events[i].set()
+
+    map_row_blocks(task, n_seq * n_blocks, block_rows=1)
+    return carried
+
+
+# --------------------------------------------------------------------------------------
+# FAVOR
+
+
+def _favor(Qf, Kf, Vf, mask, fmap, causal):
+    """FAVOR attention on flattened (N, L, d) inputs; returns (out, n_nonpositive)."""
+    chunk, block_rows = CHUNK, BLOCK_ROWS  # read at call time (tests shrink them)
+    n_seq, Lq, _ = Qf.shape
+    Lk, dv = Vf.shape[1:]
+    dtype = fmap.dtype
+    e = dv + 1
+    out = np.empty((n_seq, Lq, dv), dtype=dtype)
+    n_bad = [0]
+    bad_lock = threading.Lock()
+    no_cross = np.empty((0, e), dtype=dtype)
+
+    def count(k):
+        if k:
+            with bad_lock:
+                n_bad[0] += k
+
+    def query_block(n, lo, hi):
+        q = Qf[n, lo:hi]
+        _check_finite(q, "Q")
+        return fmap(q, keys=False)[0]
+
+    def key_block(n, lo, hi):
+        k = Kf[n, lo:hi]
+        v = Vf[n, lo:hi]
+        _check_finite(k, "K")
+        _check_finite(v, "V")
+        fk, s = fmap(k, keys=True)
+        _mask_keys(fk, s, None if mask is None else mask[n, lo:hi])
+        return fk, s, _ones_column(v, dtype)
+
+    if causal:
+        thresh = _THRESH[dtype]
+        nb = -(-Lq // block_rows)
+
+        def causal_rows(n, lo, hi, state, R):
+            """Positions lo:hi of sequence n, on top of ``(state, R)`` (updated in place)."""
+            fq = query_block(n, lo, hi)
+            fk, s, u = key_block(n, lo, hi)
+            num = np.empty((hi - lo, e))
+            ref = np.empty(hi - lo)
+            R = causal_block(fq, fk, s, u, chunk, thresh, state, R, num, ref)
+            return fq, num, ref, R
+
+        if n_seq >= SEQUENTIAL_MIN_SEQ or nb == 1:
+            # Enough sequences to fill the threads: one task per sequence carries its
+            # state through all blocks (no extra GEMM for the carried-in state).
+            def sequence(rows):
+                n = rows.start
+                state = np.zeros((fmap.width_for(Qf), e))
+                R = -np.inf
+                for b in range(nb):
+                    lo, hi = b * block_rows, min(Lq, (b + 1) * block_rows)
+                    _, num, ref, R = causal_rows(n, lo, hi, state, R)
+                    count(merge_normalize(num, ref, no_cross, -np.inf, out[n, lo:hi]))
+
+            map_row_blocks(sequence, n_seq, block_rows=1)
+            return out, n_bad[0]
+
+        # Few sequences (one head): blocks of one sequence run in parallel from an empty
+        # state; each adds the carried-in state of the blocks before it with one GEMM.
+        def local(n, b):
+            lo, hi = b * block_rows, min(Lq, (b + 1) * block_rows)
+            state = np.zeros((fmap.width_for(Qf), e))
+            fq, num, ref, R = causal_rows(n, lo, hi, state, -np.inf)
+
+            def finish(before):
+                if before is not None and before[1] > -np.inf:
+                    cross, r_cross = fq @ before[0].astype(dtype), before[1]
+                else:
+                    cross, r_cross = no_cross, -np.inf
+                count(merge_normalize(num, ref, cross, r_cross, out[n, lo:hi]))
+
+            return (state, R), finish
+
+        _chained(n_seq, nb, local)
+        return out, n_bad[0]
+
+    def key_local(n, b):
+        lo, hi = b * block_rows, min(Lk, (b + 1) * block_rows)
+        fk, s, u = key_block(n, lo, hi)
+        R = float(s.max())
+        state = np.zeros((fk.shape[1], e))
+        if R > -np.inf:
+            for a in range(0, hi - lo, KEY_SUBBLOCK):
+                rows = slice(a, a + KEY_SUBBLOCK)
+                wu = (u[rows] * np.exp(s[rows] - R)[:, None]).astype(dtype)
+                state += fk[rows].T @ wu
+        return (state, R), None
+
+    states = _chained(n_seq, -(-Lk // block_rows), key_local)
+    S = [None if p is None or p[1] == -np.inf else p[0].astype(dtype) for p in states]
+    nbq = -(-Lq // block_rows)
+
+    def query_task(rows):
+        n, b = divmod(rows.start, nbq)
+        lo, hi = b * block_rows, min(Lq, (b + 1) * block_rows)
+        fq = query_block(n, lo, hi)
+        if S[n] is None:  # every key padded: no key to attend to
+            out[n, lo:hi] = 0.0
+            return
+        num = fq @ S[n]
+        count(merge_normalize(num, np.zeros(hi - lo), no_cross, -np.inf, out[n, lo:hi]))
+
+    map_row_blocks(query_task, n_seq * nbq, block_rows=1)
+    return out, n_bad[0]
+
+
+def _check_kernel(kernel, estimator):
+    if not (callable(kernel) or kernel == "softmax" or kernel in GENERALIZED):
+        names = ", ".join(repr(k) for k in ("softmax", *GENERALIZED))
+        raise ValueError(f"kernel must be one of {names} or a callable, got {kernel!r}.")
+    if estimator not in ESTIMATORS:
+        names = ", ".join(repr(k) for k in ESTIMATORS)
+        raise ValueError(f"estimator must be one of {names}, got {estimator!r}.")
+
+
+def _warn_nonpositive(n_bad, n_rows):
+    if n_bad:
+        warnings.warn(
+            f"{n_bad} of {n_rows} query rows had a non-positive attention normalizer "
+            "(signed features: estimator='trig' or a signed kernel) and were set to 0. "
+            "Positive features (estimator='positive' or 'hyperbolic') never do this.",
+            NumericalWarning,
+            stacklevel=3,
+        )
+
+
+def _attend(
+    Q, K, V, projection, *, kernel, estimator, causal, scale, key_padding_mask, kernel_epsilon
+):
+    Qf, Kf, Vf, mask, batch, dtype = _prepare(Q, K, V, key_padding_mask, causal)
+    d = Qf.shape[2]
+    fmap = _FeatureMap(
+        projection, kernel, estimator, _resolve_scale(scale, d), kernel_epsilon, dtype
+    )
+    with np.errstate(under="ignore"):
+        out, n_bad = _favor(Qf, Kf, Vf, mask, fmap, causal)
+    _warn_nonpositive(n_bad, Qf.shape[0] * Qf.shape[1])
+    return out.reshape(*batch, Qf.shape[1], Vf.shape[2])
+
+
+def favor_attention(
+    Q,
+    K,
+    V,
+    *,
+    n_components=256,
+    kernel="softmax",
+    estimator="positive",
+    projection="orthogonal",
+    causal=False,
+    scale=None,
+    key_padding_mask=None,
+    kernel_epsilon=1e-3,
+    random_state=None,
+):
+    r"""FAVOR attention: linear-time attention with random features (Performer).
+
+    With features ``φ`` (below), bidirectional attention is
+    ``D^{-1} φ(Q̃) (φ(K̃)^T V)`` with ``D = diag(φ(Q̃) φ(K̃)^T 1)`` (spec a.1, Eq. 4), computed
+    as ``φ(K̃)^T [V 1]`` and then ``φ(Q̃) (that)`` in row blocks; causal attention uses
+    inclusive prefix sums of ``φ(k_j) [v_j 1]^T`` (spec a.9) in a chunkwise Numba kernel
+    with a float64 ``r x (d_v + 1)`` state. Queries and keys are each multiplied by
+    ``sqrt(scale)`` so that ``scale`` means what it means in :func:`softmax_attention`.
+
+    Estimators of the softmax kernel ``exp(q̃·k̃)`` (``kernel="softmax"``):
+    ``"positive"`` (FAVOR+, Lemma 1: ``exp(ω·x - |x|²/2)``), ``"hyperbolic"`` (the
+    antithetic pair ``exp(±ω·x)``, 2m features, lower variance) and ``"trig"`` (the paper's
+    unstable ``[cos, sin]`` baseline; rows whose normalizer is not positive are set to 0
+    and counted in a :class:`~favorkit.features.NumericalWarning`). Generalized kernels
+    (spec a.10): ``"relu"``, ``"elu"`` (elu + 1), ``"exp"``, ``"abs"`` or a callable ``f``
+    give ``φ(x) = f(W x̃) + kernel_epsilon`` (or ``f(x̃) + kernel_epsilon`` with
+    ``projection=None``); they are not softmax approximations.
+
+    Parameters
+    ----------
+    Q : array-like of shape (..., L_q, d)
+        Queries, with any leading batch and head axes.
+    K : array-like of shape (..., L_k, d)
+        Keys.
+    V : array-like of shape (..., L_k, d_v)
+        Values.
+    n_components : int, default=256
+        Number of random projections m (ignored when ``projection`` is an array).
+    kernel : {"softmax", "relu", "elu", "exp", "abs"} or callable, default="softmax"
+    estimator : {"positive", "hyperbolic", "trig"}, default="positive"
+        Only for ``kernel="softmax"``.
+    projection : str, array of shape (m, d) or None, default="orthogonal"
+        A sampler name from :mod:`favorkit.sampling`, a fixed matrix, or None (generalized
+        kernels only: no projection).
+    causal : bool, default=False
+        Query ``t`` attends to keys ``j <= t`` (needs L_q = L_k).
+    scale : float or None, default=None
+        Logit scale, None means ``1/sqrt(d)``.
+    key_padding_mask : bool array of shape (L_k,), (..., L_k) or (B, L_k), default=None
+        ``True`` = padded key, ignored in numerator and denominator (PyTorch's
+        ``nn.MultiheadAttention`` convention); a shorter leading shape is broadcast over
+        the trailing (head) axes. A query that sees no key gets a zero row.
+    kernel_epsilon : float, default=1e-3
+        Added to generalized-kernel features (the official code's default).
+    random_state : int, RandomState, Generator or None, default=None
+        Seeds the projection when ``projection`` is a name.
+
+    Returns
+    -------
+    out : ndarray of shape (..., L_q, d_v)
+        float32 if all inputs are float32, else float64.
+
+    See Also
+    --------
+    FavorAttention : the same, with the projection drawn once in ``fit`` and kept.
+    softmax_attention : the exact reference.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkit import favor_attention, softmax_attention
+    >>> rng = np.random.default_rng(0)
+    >>> Q, K, V = rng.normal(size=(3, 64, 8)) * [[[0.5]], [[0.5]], [[1.0]]]
+    >>> approx = favor_attention(Q, K, V, n_components=512, random_state=0)
+    >>> exact = softmax_attention(Q, K, V)
+    >>> float(np.abs(approx - exact).max()) < 0.05
+    True
+    """
+    _check_kernel(kernel, estimator)
+    d = np.shape(Q)[-1] if np.ndim(Q) else 0
+    if projection is None:
+        if kernel == "softmax":
+            raise ValueError(
+                "projection=None (no random projection) is only for generalized kernels; "
+                "the softmax estimators need a projection."
+            )
+        W = None
+    else:
+        if isinstance(projection, str):
+            if not isinstance(n_components, numbers.Integral) or n_components < 1:
+                raise ValueError(f"n_components must be a positive integer, got {n_components!r}.")
+            m = n_components
+        else:
+            m = np.shape(projection)[0] if np.ndim(projection) == 2 else n_components
+        W = sampling.draw(projection, m, d, sampling._rng(random_state))
+    return _attend(
+        Q,
+        K,
+        V,
+        W,
+        kernel=kernel,
+        estimator=estimator,
+        causal=causal,
+        scale=scale,
+        key_padding_mask=key_padding_mask,
+        kernel_epsilon=kernel_epsilon,
+    )
+
+
+class FavorAttention(TransformerMixin, BaseEstimator):
+    r"""FAVOR attention with the random projection drawn once in ``fit`` (Performer).
+
+    ``fit(X)`` only reads ``d = X.shape[-1]`` and draws ``projection_`` from
+    ``random_state``; ``attend(Q, K, V)`` is then deterministic. The projection changes
+    only when you call :meth:`redraw` (the paper redraws periodically during training;
+    favorkit never does it behind your back). See :func:`favor_attention` for the maps,
+    the stabilization and the shapes.
+
+    Parameters
+    ----------
+    n_components : int, default=256
+        Number of random projections m (``"hyperbolic"`` and ``"trig"`` use 2m features).
+    kernel : {"softmax", "relu", "elu", "exp", "abs"} or callable, default="softmax"
+        ``"softmax"`` estimates ``exp(scale q·k)``; the others are the paper's generalized
+        attention ``φ(x) = f(W x̃) + kernel_epsilon`` (spec a.10).
+    estimator : {"positive", "hyperbolic", "trig"}, default="positive"
+        Softmax-kernel estimator: FAVOR+ (default), its antithetic (lower-variance) pair, or
+        the unstable trigonometric baseline.
+    projection : {"orthogonal", "iid", "gaussian", "structured", "qmc"}, array of shape \
+            (n_components, d) or None, default="orthogonal"
+        How the rows ω_i are drawn (:mod:`favorkit.sampling`); None means no projection
+        (generalized kernels only).
+    causal : bool, default=False
+        Default for :meth:`attend`'s ``causal``; :meth:`transform` uses it.
+    scale : float or None, default=None
+        Logit scale; None means ``1/sqrt(d)``. Queries and keys are each multiplied by
+        ``sqrt(scale)``.
+    kernel_epsilon : float, default=1e-3
+        Added to generalized-kernel features.
+    random_state : int, RandomState, Generator or None, default=None
+        Seeds ``fit`` and then :meth:`redraw`.
+
+    Attributes
+    ----------
+    projection_ : ndarray of shape (n_components, n_features_in_) or None
+        The drawn rows ω_i (float64, before the ``sqrt(scale)``).
+    scale_ : float
+        The logit scale in use.
+    n_features_in_ : int
+        The dimension d seen in ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names seen in ``fit`` (only for 2-D X with string column names).
+
+    See Also
+    --------
+    favor_attention : the functional form.
+    softmax_attention : exact attention, the reference.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkit import FavorAttention, softmax_attention
+    >>> rng = np.random.default_rng(0)
+    >>> Q, K, V = rng.normal(size=(3, 2, 64, 8))  # (batch=2, L=64, d=8) each
+    >>> Q, K = Q / 2, K / 2
+    >>> att = FavorAttention(n_components=512, causal=True, random_state=0).fit(Q)
+    >>> out = att.attend(Q, K, V)
+    >>> out.shape
+    (2, 64, 8)
+    >>> float(np.abs(out - softmax_attention(Q, K, V, causal=True)).max()) < 0.2
+    True
+    """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
+        "kernel": [StrOptions({"softmax", *GENERALIZED}), callable],
+        "estimator": [StrOptions(set(ESTIMATORS))],
+        "projection": [StrOptions(set(sampling.PROJECTIONS)), "array-like", None],
+        "causal": ["boolean"],
+        "scale": [Interval(numbers.Real, 0.0, None, closed="neither"), None],
+        "kernel_epsilon": [Interval(numbers.Real, 0.0, None, closed="left")],
+        "random_state": ["random_state", np.random.Generator],
+    }
+
+    def __init__(
+        self,
+        n_components=256,
+        *,
+        kernel="softmax",
+        estimator="positive",
+        projection="orthogonal",
+        causal=False,
+        scale=None,
+        kernel_epsilon=1e-3,
+        random_state=None,
+    ):
+        self.n_components = n_components
+        self.kernel = kernel
+        self.estimator = estimator
+        self.projection = projection
+        self.causal = causal
+        self.scale = scale
+        self.kernel_epsilon = kernel_epsilon
+        self.random_state = random_state
+
+    def _validate_X(self, X, reset):
+        """2-D X goes through sklearn's validation (feature names, n_features_in_); a
+        batched ndarray (..., L, d) is checked here."""
+        if not (isinstance(X, np.ndarray) and X.ndim > 2):
+            return validate_data(self, X, dtype=[np.float64, np.float32], reset=reset)
+        X = _as_array(X, "X")
+        if reset:
+            self.n_features_in_ = X.shape[-1]
+        elif X.shape[-1] != self.n_features_in_:
+            raise ValueError(
+                f"X has {X.shape[-1]} features, but FavorAttention is expecting "
+                f"{self.n_features_in_} features as input."
+            )
+        return X
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Draw the projection; only ``d = X.shape[-1]`` is used.
+
+        Parameters
+        ----------
+        X : array-like of shape (..., L, d)
+            Any queries or keys (only the last dimension is read).
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : FavorAttention
+        """
+        X = self._validate_X(X, reset=True)
+        d = X.shape[-1]
+        if self.projection is None and self.kernel == "softmax":
+            raise ValueError(
+                "projection=None (no random projection) is only for generalized kernels; "
+                "the softmax estimators need a projection."
+            )
+        self._rng = sampling._rng(self.random_state)
+        self.scale_ = _resolve_scale(self.scale, d)
+        self._draw()
+        return self
+
+    def _draw(self):
+        if self.projection is None:
+            self.projection_ = None
+        else:
+            self.projection_ = sampling.draw(
+                self.projection, self.n_components, self.n_features_in_, self._rng
+            )
+
+    def redraw(self):
+        """Draw a new projection from the estimator's random stream (same shape).
+
+        Successive calls continue the stream that ``fit`` started, so a fixed
+        ``random_state`` gives a reproducible sequence of projections.
+
+        Returns
+        -------
+        self : FavorAttention
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from favorkit import FavorAttention
+        >>> att = FavorAttention(n_components=4, random_state=0).fit(np.zeros((1, 3)))
+        >>> W0 = att.projection_.copy()
+        >>> bool(np.array_equal(W0, att.redraw().projection_))
+        False
+        """
+        check_is_fitted(self)
+        self._draw()
+        return self
+
+    def attend(self, Q, K, V, *, causal=None, key_padding_mask=None):
+        """Attention of queries Q over keys K with values V.
+
+        Parameters
+        ----------
+        Q : array-like of shape (..., L_q, d)
+        K : array-like of shape (..., L_k, d)
+        V : array-like of shape (..., L_k, d_v)
+        causal : bool or None, default=None
+            None uses the estimator's ``causal``.
+        key_padding_mask : bool array of shape (L_k,), (..., L_k) or (B, L_k), default=None
+            ``True`` = padded key (ignored).
+
+        Returns
+        -------
+        out : ndarray of shape (..., L_q, d_v)
+        """
+        check_is_fitted(self)
+        self._check_d(Q)
+        return _attend(
+            Q,
+            K,
+            V,
+            self.projection_,
+            kernel=self.kernel,
+            estimator=self.estimator,
+            causal=self.causal if causal is None else bool(causal),
+            scale=self.scale_,
+            key_padding_mask=key_padding_mask,
+            kernel_epsilon=self.kernel_epsilon,
+        )
+
+    def _check_d(self, Q):
+        d = np.shape(Q)[-1] if np.ndim(Q) else None
+        if d != self.n_features_in_:
+            raise ValueError(
+                f"Q has {d} features, but FavorAttention was fitted with d={self.n_features_in_}."
+            )
+
+    def transform(self, X):
+        """Self-attention ``attend(X, X, X)``, so the estimator can sit in a Pipeline.
+
+        Parameters
+        ----------
+        X : array-like of shape (..., L, d)
+
+        Returns
+        -------
+        X_new : ndarray of shape (..., L, d)
+        """
+        check_is_fitted(self)
+        X = self._validate_X(X, reset=False)
+        return self.attend(X, X, X)
+
+    def attention_matrix(self, Q, K, *, causal=None, key_padding_mask=None):
+        """The normalized attention matrix ``D^{-1} φ(Q̃) φ(K̃)^T`` (small L; diagnostics).
+
+        Computed densely in float64 from the same features as :meth:`attend`, so
+        ``attention_matrix(Q, K) @ V`` equals ``attend(Q, K, V)`` to rounding.
+
+        Parameters
+        ----------
+        Q : array-like of shape (..., L_q, d)
+        K : array-like of shape (..., L_k, d)
+        causal : bool or None, default=None
+        key_padding_mask : bool array, default=None
+
+        Returns
+        -------
+        A : ndarray of shape (..., L_q, L_k), float64
+            Rows sum to 1 (rows with no visible key, or a non-positive normalizer, are 0).
+        """
+        check_is_fitted(self)
+        self._check_d(Q)
+        causal = self.causal if causal is None else bool(causal)
+        V = np.zeros((*np.shape(K)[:-1], 1))
+        Qf, Kf, _, mask, batch, _ = _prepare(Q, K, V, key_padding_mask, causal)
+        Qf, Kf = Qf.astype(np.float64), Kf.astype(np.float64)
+        fmap = _FeatureMap(
+            self.projection_,
+            self.kernel,
+            self.estimator,
+            self.scale_,
+            self.kernel_epsilon,
+            np.dtype(np.float64),
+        )
+        n_seq, Lq, _ = Qf.shape
+        Lk = Kf.shape[1]
+        A = np.zeros((n_seq, Lq, Lk))
+        n_bad = 0
+        for n in range(n_seq):
+            _check_finite(Qf[n], "Q")
+            _check_finite(Kf[n], "K")
+            fq = fmap(Qf[n], keys=False)[0]
+            fk, s = fmap(Kf[n], keys=True)
+            _mask_keys(fk, s, None if mask is None else mask[n])
+            if not np.isfinite(s).any():
+                continue
+            with np.errstate(under="ignore"):
+                a = (fq @ fk.T) * np.exp(s - s.max())[None, :]
+            if causal:
+                a = np.tril(a)
+            den = a.sum(axis=1)
+            valid = np.isfinite(s)[None, :]
+            if causal:
+                valid = valid & np.tril(np.ones((Lq, Lk), dtype=bool))
+            seen = valid.any(axis=1)
+            ok = den > 0
+            n_bad += int((seen & ~ok).sum())
+            a[~ok] = 0.0
+            a[ok] /= den[ok, None]
+            A[n] = a
+        _warn_nonpositive(n_bad, n_seq * Lq)
+        return A.reshape(*batch, Lq, Lk)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float64", "float32"]
+        return tags

@@ -40,3 +40,70 @@ def hadamard(p):
 def fwht_rows(a):
     """Each row times the Hadamard matrix: H @ row for every row."""
     return a @ hadamard(a.shape[1]).T
+
+
+# --- attention (favorkit/_kernels/attention.py, favorkit/attention.py) ----------------------
+
+
+def causal_block(fq, fk, s, u, state, R0):
+    """Prefix sums position by position, at true scale (no stabilizer), in float64.
+
+    Returns ``(num, total)``: ``num[t] = fq[t] . (exp(R0) state + sum_{j<=t} exp(s_j)
+    fk[j]^T u[j])`` and ``total`` the whole sum over the block plus the incoming state.
+    """
+    fq, fk, u = (np.asarray(a, dtype=np.float64) for a in (fq, fk, u))
+    acc = np.exp(R0) * state if np.isfinite(R0) else np.zeros_like(state)
+    num = np.zeros((fq.shape[0], u.shape[1]))
+    for t in range(fq.shape[0]):
+        acc = acc + np.exp(s[t]) * np.outer(fk[t], u[t])
+        num[t] = fq[t] @ acc
+    return num, acc
+
+
+def merge_normalize(num, ref, cross, r_cross):
+    """``row = exp(ref) num + exp(r_cross) cross``; ``row[:-1] / row[-1]``, 0 if not > 0."""
+    rows = np.exp(ref)[:, None] * num
+    if cross.shape[0]:
+        rows = rows + np.exp(r_cross) * cross
+    den = rows[:, -1]
+    ok = den > 0
+    out = np.zeros((num.shape[0], num.shape[1] - 1))
+    out[ok] = rows[ok, :-1] / den[ok, None]
+    seen = np.isfinite(ref) | (cross.shape[0] > 0 and np.isfinite(r_cross))
+    return out, int((seen & ~ok).sum())
+
+
+def favor_features(X, W, scale, estimator="positive"):
+    """The paper's feature maps at true scale (spec a.3, a.4), float64, no stabilizer."""
+    X = np.asarray(X, dtype=np.float64) * np.sqrt(scale)
+    Z = X @ W.T
+    m = W.shape[0]
+    sq = (X**2).sum(axis=1, keepdims=True)
+    if estimator == "positive":
+        return np.exp(Z - sq / 2) / np.sqrt(m)
+    if estimator == "hyperbolic":
+        return np.concatenate([np.exp(Z - sq / 2), np.exp(-Z - sq / 2)], axis=1) / np.sqrt(2 * m)
+    return np.exp(sq / 2) * np.concatenate([np.cos(Z), np.sin(Z)], axis=1) / np.sqrt(m)
+
+
+def linear_attention_dense(fq, fk, V, causal=False, mask=None):
+    """``D^{-1} A V`` with ``A = fq fk^T`` formed densely (L x L), padded keys dropped."""
+    A = fq @ fk.T
+    if causal:
+        A = np.tril(A)
+    if mask is not None:
+        A = A * ~mask[None, :]
+    return (A @ V) / A.sum(axis=1, keepdims=True)
+
+
+def softmax_attention_dense(Q, K, V, causal=False, scale=None, mask=None):
+    """``softmax(scale Q K^T) V`` straight from the definition (spec a.1), float64."""
+    Q, K, V = (np.asarray(a, dtype=np.float64) for a in (Q, K, V))
+    scale = 1 / np.sqrt(Q.shape[-1]) if scale is None else scale
+    logits = scale * Q @ K.T
+    if causal:
+        logits = np.where(np.tril(np.ones(logits.shape, dtype=bool)), logits, -np.inf)
+    if mask is not None:
+        logits = np.where(mask[None, :], -np.inf, logits)
+    A = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (A / A.sum(axis=1, keepdims=True)) @ V

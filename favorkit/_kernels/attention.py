@@ -1,0 +1,199 @@
+"""Numba kernels for FAVOR attention: the chunkwise causal prefix sum and row normalization.
+
+Conventions shared with :mod:`favorkit.attention` (which computes the features):
+
+* ``fq`` (n, r): query features with their per-row constant dropped (it cancels in the
+  normalization), ``fk`` (n, r): key features divided by a per-key constant ``exp(s_j)``;
+  ``s`` (n,) float64 holds those log-constants (``-inf`` for a padded key, whose feature row
+  is zero). The true key feature is ``exp(s_j) * fk[j]``.
+* ``u`` (n, e) is ``[V 1]``: the last column carries the normalizer (spec a.9).
+* A numerator row ``num[t]`` is stored relative to a reference ``ref[t]``: the true row is
+  ``exp(ref[t]) * num[t]``. Any reference cancels in ``num[:, :-1] / num[:, -1]``; it only
+  keeps the numbers representable.
+
+Why the causal kernel is chunkwise: a per-position recurrence does O(r e) scalar work per
+position with no reuse; splitting the sequence into chunks turns it into GEMMs (``np.dot``
+calls BLAS from inside Numba): a masked dense ``C x C`` block inside the chunk plus the
+carried ``r x e`` state between chunks (Katharopoulos et al. 2020, "chunkwise" form). The
+exponentials of the features are done by numpy outside (its SIMD exp is 4-7x faster than
+Numba's scalar libm exp here); inside the kernel only O(C) exps per chunk remain.
+"""
+
+import math
+
+import numba
+import numpy as np
+
+
+@numba.njit(nogil=True, cache=True)
+def causal_block(fq, fk, s, u, chunk, thresh, state, R0, num, ref):
+    """Causal linear attention over one block of positions, carrying a state in and out.
+
+    On entry ``exp(R0) * state`` is the sum over earlier positions of
+    ``exp(s[j]) fk[j]^T u[j]`` (zero state and ``R0 = -inf`` for none). For every position
+    ``t`` of the block, ``exp(ref[t]) * num[t]`` becomes
+    ``fq[t] . (that earlier sum + sum_{j <= t} exp(s[j]) fk[j]^T u[j])`` (j in the block),
+    and on return ``exp(R) * state`` is the sum over all positions so far, with ``R`` the
+    returned reference (``-inf`` while every key is padded).
+
+    Stabilization without look-ahead (DESIGN.md, "never leaks"): the state is kept in float64
+    relative to the running maximum ``R`` of ``s`` and rescaled when ``R`` grows. Inside a
+    chunk the reference of every row is the chunk's maximum ``Rc``; it is a common factor of
+    the row, so it cancels exactly, and the only way a later key in the chunk could affect
+    row ``t`` is through underflow when ``Rc`` exceeds the causal prefix maximum ``rr[t]``
+    by a lot. Rows with ``Rc - rr[t] > thresh`` are therefore recomputed against their own
+    causal reference ``rr[t]`` (a slow path that ordinary data never takes).
+
+    Parameters
+    ----------
+    fq, fk : (n, r) float32 or float64, C-contiguous
+    s : (n,) float64
+    u : (n, e) same dtype as ``fq``
+    chunk : int
+        Chunk length C.
+    thresh : float
+        Largest allowed gap ``Rc - rr[t]`` for the fast path.
+    state : (r, e) float64, input and output.
+    R0 : float
+        Reference of the incoming state.
+    num : (n, e) float64, output.
+    ref : (n,) float64, output.
+
+    Returns
+    -------
+    R : float
+    """
+    n, r = fq.shape
+    e = u.shape[1]
+    R = R0
+    s32 = np.empty((r, e), dtype=fq.dtype)  # the state in the GEMM dtype
+    for i in range(r):
+        for k in range(e):
+            s32[i, k] = state[i, k]
+    wu = np.empty((chunk, e), dtype=fq.dtype)
+    inter = np.empty((chunk, e), dtype=fq.dtype)
+    intra = np.empty((chunk, e), dtype=fq.dtype)
+    ds = np.empty((r, e), dtype=fq.dtype)
+    rr = np.empty(chunk)
+    w = np.empty(chunk)
+    for a in range(0, n, chunk):
+        c = min(chunk, n - a)
+        run = R
+        for t in range(c):
+            run = max(run, s[a + t])
+            rr[t] = run
+        rc = run
+        if rc == -np.inf:  # nothing but padding so far
+            for t in range(c):
+                ref[a + t] = -np.inf
+                for k in range(e):
+                    num[a + t, k] = 0.0
+            continue
+        prev = math.exp(R - rc)  # 0 when R = -inf
+        for j in range(c):
+            w[j] = math.exp(s[a + j] - rc)
+        g = np.dot(fq[a : a + c], fk[a : a + c].T)
+        pc = np.empty((c, c), dtype=fq.dtype)
+        for t in range(c):
+            for j in range(t + 1):
+                pc[t, j] = g[t, j] * w[j]
+            for j in range(t + 1, c):
+                pc[t, j] = 0.0
+        ic = intra[:c]
+        np.dot(pc, u[a : a + c], ic)
+        xc = inter[:c]
+        np.dot(fq[a : a + c], s32, xc)
+        for t in range(c):
+            ref[a + t] = rc
+            for k in range(e):
+                num[a + t, k] = ic[t, k] + xc[t, k] * prev
+        for t in range(c):
+            if not (rc - rr[t] <= thresh):  # also true for rr[t] = -inf
+                _exact_row(fq, s, u, g, state, R, a, t, rr[t], num, ref)
+        # Carry the state to the end of the chunk (after the slow path read the old one).
+        wc = wu[:c]
+        for j in range(c):
+            for k in range(e):
+                wc[j, k] = u[a + j, k] * w[j]
+        np.dot(fk[a : a + c].T, wc, ds)
+        for i in range(r):
+            for k in range(e):
+                v = state[i, k] * prev + ds[i, k]
+                state[i, k] = v
+                s32[i, k] = v
+        R = rc
+    return R
+
+
+@numba.njit(nogil=True, cache=True)
+def _exact_row(fq, s, u, g, state, R, a, t, rt, num, ref):
+    """Row ``a + t`` of :func:`causal_block` against its own causal reference ``rt``."""
+    r = fq.shape[1]
+    e = u.shape[1]
+    ref[a + t] = rt
+    for k in range(e):
+        num[a + t, k] = 0.0
+    if rt == -np.inf:
+        return
+    if R > -np.inf:
+        f = math.exp(R - rt)
+        for i in range(r):
+            q = fq[a + t, i] * f
+            for k in range(e):
+                num[a + t, k] += q * state[i, k]
+    for j in range(t + 1):
+        wj = g[t, j] * math.exp(s[a + j] - rt)
+        for k in range(e):
+            num[a + t, k] += wj * u[a + j, k]
+
+
+@numba.njit(nogil=True, cache=True)
+def merge_normalize(num, ref, cross, r_cross, out):
+    """Add a carried-in contribution and divide by the normalizer column.
+
+    Row ``t`` of the numerator is ``exp(ref[t]) num[t] + exp(r_cross) cross[t]`` (``cross``
+    may have zero rows, meaning no carried-in state). Writes ``out[t] = row[:-1] / row[-1]``.
+    A row whose normalizer is not positive (trigonometric or signed generalized features) or
+    that saw no key at all gets zeros.
+
+    Parameters
+    ----------
+    num : (n, e) float64
+    ref : (n,) float64
+    cross : (n, e) or (0, e), any float dtype
+    r_cross : float
+    out : (n, e - 1) float32 or float64, output.
+
+    Returns
+    -------
+    n_bad : int
+        Rows that saw a key but whose normalizer was not positive (or not finite).
+    """
+    n, e = num.shape
+    dv = e - 1
+    has_cross = cross.shape[0] == n and r_cross > -np.inf
+    n_bad = 0
+    for t in range(n):
+        rt = ref[t]
+        top = max(rt, r_cross) if has_cross else rt
+        if top == -np.inf:
+            for k in range(dv):
+                out[t, k] = 0.0
+            continue
+        a = math.exp(rt - top)
+        b = math.exp(r_cross - top) if has_cross else 0.0
+        den = num[t, dv] * a
+        if has_cross:
+            den += cross[t, dv] * b
+        if not (den > 0.0 and den < np.inf):
+            n_bad += 1
+            for k in range(dv):
+                out[t, k] = 0.0
+            continue
+        inv = 1.0 / den
+        for k in range(dv):
+            v = num[t, k] * a
+            if has_cross:
+                v += cross[t, k] * b
+            out[t, k] = v * inv
+    return n_bad

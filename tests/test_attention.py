@@ -1,0 +1,583 @@
+"""FavorAttention, favor_attention and softmax_attention (issue 3).
+
+Structure: kernels against their naive twins; FAVOR against a dense quadratic computation
+with the same features; the guarantees (no future leak, masking = truncation, convex hull,
+shapes, determinism); statistical behaviour against exact attention; the estimator; every
+error message.
+"""
+
+import numba
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+import favorkit.attention as fa
+from favorkit import FavorAttention, favor_attention, softmax_attention
+from favorkit._kernels import attention as ka
+from favorkit.features import NumericalWarning
+from tests import naive
+
+DTYPES = [np.float32, np.float64]
+# FAVOR vs the dense computation with the same features (issue 3): relative error bounds.
+REL = {np.float32: 1e-5, np.float64: 1e-10}
+
+
+def _qkv(shape, d=16, dv=None, seed=0, dtype=np.float64):
+    rng = np.random.default_rng(seed)
+    Q = rng.normal(size=(*shape, d))
+    K = rng.normal(size=(*shape, d))
+    V = rng.normal(size=(*shape, dv or d))
+    return Q.astype(dtype), K.astype(dtype), V.astype(dtype)
+
+
+def _rel(a, b):
+    """Max-entry error relative to the largest reference entry."""
+    return float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max())
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 48 rows and chunks of 16: exercises block chaining at small L."""
+    monkeypatch.setattr(fa, "BLOCK_ROWS", 48)
+    monkeypatch.setattr(fa, "CHUNK", 16)
+    monkeypatch.setattr(fa, "KEY_SUBBLOCK", 20)
+
+
+# --- kernels against tests/naive.py ---------------------------------------------------------
+
+
+def _block_inputs(dtype, n=37, r=11, e=5, seed=0, spread=1.0):
+    rng = np.random.default_rng(seed)
+    fq = rng.uniform(0.1, 1, size=(n, r)).astype(dtype)
+    fk = rng.uniform(0.1, 1, size=(n, r)).astype(dtype)
+    s = rng.normal(scale=spread, size=n)
+    s[[3, 4, 20]] = -np.inf  # padded keys
+    u = np.concatenate([rng.normal(size=(n, e - 1)), np.ones((n, 1))], axis=1).astype(dtype)
+    state = rng.uniform(0, 1, size=(r, e))
+    return fq, fk, s, u, state
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("thresh", [300.0, 0.5])  # 0.5 forces the exact-row slow path
+@pytest.mark.parametrize("R0", [-np.inf, 0.7])
+def test_causal_block_matches_naive(dtype, thresh, R0):
+    fq, fk, s, u, state0 = _block_inputs(dtype)
+    state_in = np.zeros_like(state0) if R0 == -np.inf else state0
+    state = state_in.copy()
+    num = np.empty((fq.shape[0], u.shape[1]))
+    ref = np.empty(fq.shape[0])
+    R = ka.causal_block(fq, fk, s, u, 8, thresh, state, R0, num, ref)
+    want_num, want_total = naive.causal_block(fq, fk, s, u, state_in, R0)
+    rtol = REL[dtype]
+    # Signed values cancel in the sums: measure error relative to the largest entry.
+    assert _rel(np.exp(ref)[:, None] * num, want_num) <= rtol
+    assert _rel(np.exp(R) * state, want_total) <= rtol
+
+
+def test_causal_block_all_padded_prefix():
+    fq, fk, s, u, _ = _block_inputs(np.float64)
+    s[:10] = -np.inf
+    fk[:10] = 0.0
+    state = np.zeros((fq.shape[1], u.shape[1]))
+    num = np.empty((fq.shape[0], u.shape[1]))
+    ref = np.empty(fq.shape[0])
+    ka.causal_block(fq, fk, s, u, 8, 20.0, state, -np.inf, num, ref)
+    assert np.all(ref[:10] == -np.inf) and np.all(num[:10] == 0)
+    want, _ = naive.causal_block(fq, fk, s, u, np.zeros_like(state), -np.inf)
+    assert_allclose(np.exp(ref[10:])[:, None] * num[10:], want[10:], rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_cross", [False, True])
+def test_merge_normalize_matches_naive(dtype, with_cross):
+    rng = np.random.default_rng(1)
+    n, e = 9, 4
+    num = rng.normal(size=(n, e))
+    num[:, -1] = rng.uniform(-0.5, 2, size=n)  # some non-positive normalizers
+    ref = rng.normal(size=n)
+    ref[2] = -np.inf
+    cross = rng.uniform(0, 1, size=(n, e)).astype(dtype) if with_cross else np.empty((0, e))
+    out = np.empty((n, e - 1), dtype=dtype)
+    bad = ka.merge_normalize(num, ref, cross.astype(dtype), 0.3, out)
+    want, want_bad = naive.merge_normalize(num, ref, cross.astype(np.float64), 0.3)
+    assert bad == want_bad
+    assert_allclose(out, want, rtol=REL[dtype] / 10)
+
+
+# --- FAVOR against the dense computation with the same features -----------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("estimator", ["positive", "hyperbolic"])
+@pytest.mark.parametrize("blocks", ["default", "small"])
+def test_favor_matches_dense_same_features(dtype, causal, estimator, blocks, request):
+    if blocks == "small":
+        request.getfixturevalue("small_blocks")
+    Q, K, V = _qkv((150,), d=16, dv=7, seed=2)
+    att = FavorAttention(64, estimator=estimator, random_state=0).fit(Q)
+    out = att.attend(Q.astype(dtype), K.astype(dtype), V.astype(dtype), causal=causal)
+    assert out.dtype == dtype
+    fq = naive.favor_features(Q, att.projection_, att.scale_, estimator)
+    fk = naive.favor_features(K, att.projection_, att.scale_, estimator)
+    want = naive.linear_attention_dense(fq, fk, V, causal=causal)
+    assert _rel(out, want) <= REL[dtype]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_trig_matches_dense_and_reports_nonpositive_rows(causal):
+    Q, K, V = _qkv((120,), d=8, seed=3)
+    Q, K = 2 * Q, 2 * K  # long vectors: the trigonometric normalizer goes negative often
+    att = FavorAttention(4, estimator="trig", random_state=0).fit(Q)
+    fq = naive.favor_features(Q, att.projection_, att.scale_, "trig")
+    fk = naive.favor_features(K, att.projection_, att.scale_, "trig")
+    A = fq @ fk.T
+    if causal:
+        A = np.tril(A)
+    den = A.sum(axis=1)
+    n_bad = int((den <= 0).sum())
+    assert n_bad > 0
+    with pytest.warns(NumericalWarning, match=rf"{n_bad} of 120 query rows had a non-positive"):
+        out = att.attend(Q, K, V, causal=causal)
+    ok = den > 0
+    assert np.all(out[~ok] == 0)
+    assert _rel(out[ok], (A @ V)[ok] / den[ok, None]) <= 1e-10
+
+
+@pytest.mark.parametrize("kernel", ["relu", "elu", "exp", "abs", np.tanh])
+@pytest.mark.parametrize("projection", ["iid", None])
+@pytest.mark.parametrize("causal", [False, True])
+def test_generalized_kernels_match_dense(kernel, projection, causal, small_blocks):
+    Q, K, V = _qkv((100,), d=8, seed=4)
+    att = FavorAttention(32, kernel=kernel, projection=projection, random_state=0).fit(Q)
+    funcs = {
+        "relu": lambda z: np.maximum(z, 0),
+        "elu": lambda z: np.where(z > 0, z + 1, np.exp(np.minimum(z, 0))),
+        "exp": np.exp,
+        "abs": np.abs,
+    }
+    f = funcs.get(kernel, kernel)
+    W = np.eye(8) if projection is None else att.projection_
+    fq = f(np.sqrt(att.scale_) * Q @ W.T) + 1e-3
+    fk = f(np.sqrt(att.scale_) * K @ W.T) + 1e-3
+    A = fq @ fk.T
+    if causal:
+        A = np.tril(A)
+    den = A.sum(axis=1)
+    ok = den > 0
+    with pytest.warns(NumericalWarning) if not ok.all() else _no_warning():
+        out = att.attend(Q, K, V, causal=causal)
+    assert _rel(out[ok], (A @ V)[ok] / den[ok, None]) <= 1e-10
+
+
+class _no_warning:
+    def __enter__(self):
+        import warnings
+
+        self._cm = warnings.catch_warnings()
+        self._cm.__enter__()
+        warnings.simplefilter("error", NumericalWarning)
+
+    def __exit__(self, *exc):
+        return self._cm.__exit__(*exc)
+
+
+# --- guarantees -----------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings("ignore::favorkit.features.NumericalWarning")  # trig rows
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("estimator", ["positive", "hyperbolic", "trig"])
+@pytest.mark.parametrize("n_heads", [1, 4])  # chained blocks / one task per sequence
+def test_no_future_leak(dtype, estimator, n_heads, small_blocks):
+    """Changing keys or values at positions >= t leaves outputs before t unchanged."""
+    L, d, t = 200, 16, 101
+    Q, K, V = _qkv((n_heads, L), d=d, seed=5, dtype=dtype)
+    att = FavorAttention(32, estimator=estimator, causal=True, random_state=0).fit(Q)
+    base = att.attend(Q, K, V)
+    # The largest key log-constant there is: k̃ = ω_i gives s = |ω_i|²/2 (spec a.4).
+    w_big = att.projection_[np.argmax((att.projection_**2).sum(axis=1))]
+    for change in ("scale_keys", "aligned_keys", "values", "both"):
+        K2, V2 = K.copy(), V.copy()
+        if change in ("scale_keys", "both"):
+            K2[..., t:, :] *= 8
+        if change == "aligned_keys":
+            K2[..., t:, :] = (w_big / np.sqrt(att.scale_)).astype(dtype)
+        if change in ("values", "both"):
+            V2[..., t:, :] += 5
+        out = att.attend(Q, K2, V2)
+        rtol = 1e-5 if dtype == np.float32 else 1e-12
+        assert_allclose(out[..., :t, :], base[..., :t, :], rtol=rtol, atol=rtol)
+        # ... and the change is visible from t on (the test would be vacuous otherwise).
+        assert np.abs(out[..., t:, :] - base[..., t:, :]).max() > 1e-3
+
+
+def test_no_future_leak_under_extreme_dynamic_range(small_blocks):
+    """A tiny early key followed by a dominant one: the early rows must still see their own."""
+    Q, K, V = _qkv((64,), d=16, seed=6)
+    att = FavorAttention(16, causal=True, random_state=0).fit(Q)
+    K = K.copy()
+    K[:20] *= 50  # huge norms: s_j ~ -|k̃|²/2 ~ -5000, far below any normal key
+    base = att.attend(Q, K, V)
+    K2 = K.copy()
+    K2[20:] /= 50
+    out = att.attend(Q, K2, V)
+    assert_allclose(out[:20], base[:20], rtol=1e-12)
+    fq = naive.favor_features(Q[:20], att.projection_, att.scale_)
+    # Exact key features are ~e^-5000 and differ by e^±1000 between keys (far outside
+    # float64): the reference works in log space, row by row.
+    log_fk = (
+        np.sqrt(att.scale_) * K[:20] @ att.projection_.T
+        - att.scale_ * (K[:20] ** 2).sum(1, keepdims=True) / 2
+    )
+    assert log_fk.max() < -700
+    log_a = np.log(fq)[:, None, :] + log_fk[None, :, :]  # (t, j, i)
+    top = log_a.max(axis=2, keepdims=True)
+    log_a = (top[..., 0] + np.log(np.exp(log_a - top).sum(axis=2))).copy()
+    log_a[np.triu_indices(20, 1)] = -np.inf
+    weights = np.exp(log_a - log_a.max(axis=1, keepdims=True))
+    want = weights @ V[:20] / weights.sum(axis=1, keepdims=True)
+    assert _rel(out[:20], want) < 1e-9
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_masking_equals_truncation(causal, dtype, small_blocks):
+    L, keep = 130, 97
+    Q, K, V = _qkv((2, 3, L), d=8, seed=7, dtype=dtype)
+    mask = np.zeros((2, L), dtype=bool)  # (B, L_k), broadcast over the 3 heads
+    mask[:, keep:] = True
+    att = FavorAttention(32, random_state=0).fit(Q)
+    masked = att.attend(Q, K, V, causal=causal, key_padding_mask=mask)
+    Kt, Vt = K[..., :keep, :], V[..., :keep, :]
+    if causal:
+        truncated = att.attend(Q[..., :keep, :], Kt, Vt, causal=True)
+        got = masked[..., :keep, :]
+    else:
+        truncated = att.attend(Q, Kt, Vt)
+        got = masked
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert_allclose(got, truncated, rtol=tol, atol=tol)
+    exact = softmax_attention(Q, K, V, causal=causal, key_padding_mask=mask)
+    exact_t = softmax_attention(Q[..., : keep if causal else L, :], Kt, Vt, causal=causal)
+    assert_allclose(exact[..., : keep if causal else L, :], exact_t, rtol=tol, atol=tol)
+
+
+def test_masking_in_the_middle_matches_dense():
+    Q, K, V = _qkv((90,), d=8, seed=8)
+    mask = np.random.default_rng(0).random(90) < 0.3
+    att = FavorAttention(32, random_state=0).fit(Q)
+    fq = naive.favor_features(Q, att.projection_, att.scale_)
+    fk = naive.favor_features(K, att.projection_, att.scale_)
+    for causal in (False, True):
+        out = att.attend(Q, K, V, causal=causal, key_padding_mask=mask)
+        want = naive.linear_attention_dense(fq, fk, V, causal=causal, mask=mask)
+        seen = ~np.isnan(want).any(axis=1)
+        assert _rel(out[seen], want[seen]) < 1e-10
+        assert np.all(out[~seen] == 0)  # no visible key: zero row, as softmax_attention
+        assert_array_equal(
+            softmax_attention(Q, K, V, causal=causal, key_padding_mask=mask)[~seen], 0
+        )
+
+
+@pytest.mark.parametrize("kernel", ["softmax", "relu", "elu", "exp", "abs"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_positive_features_stay_in_the_range_of_V(kernel, causal):
+    Q, K, V = _qkv((3, 80), d=8, seed=9)
+    Q, K = 2 * Q, 2 * K
+    att = FavorAttention(16, kernel=kernel, causal=causal, random_state=0).fit(Q)
+    out = att.attend(Q, K, V)
+    for h in range(3):
+        for t in range(80):
+            seen = V[h, : t + 1] if causal else V[h]
+            assert np.all(out[h, t] >= seen.min(axis=0) - 1e-12)
+            assert np.all(out[h, t] <= seen.max(axis=0) + 1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_heads_equal_a_loop_over_heads(causal, small_blocks):
+    Q, K, V = _qkv((2, 3, 70), d=8, dv=5, seed=10, dtype=np.float32)
+    att = FavorAttention(16, causal=causal, random_state=0).fit(Q)
+    out = att.attend(Q, K, V)
+    assert out.shape == (2, 3, 70, 5) and out.dtype == np.float32
+    for b in range(2):
+        for h in range(3):
+            one = att.attend(Q[b, h], K[b, h], V[b, h])
+            # Six sequences run one task each, one sequence runs as chained blocks: the
+            # rounding differs, the values do not.
+            assert_allclose(out[b, h], one, rtol=1e-5, atol=1e-6)
+    three = att.attend(Q[0], K[0], V[0])
+    assert out.shape[:-2] == (2, 3) and three.shape == (3, 70, 5)
+
+
+def test_cross_attention_shapes_and_dtypes():
+    rng = np.random.default_rng(11)
+    Q = rng.normal(size=(2, 30, 8)).astype(np.float32)
+    K = rng.normal(size=(2, 50, 8)).astype(np.float32)
+    V = rng.normal(size=(2, 50, 3)).astype(np.float32)
+    out = favor_attention(Q, K, V, n_components=16, random_state=0)
+    assert out.shape == (2, 30, 3) and out.dtype == np.float32
+    assert favor_attention(Q, K, V.astype(np.float64), random_state=0).dtype == np.float64
+    assert favor_attention(Q, K, (V * 10).astype(int), random_state=0).dtype == np.float64
+    exact = softmax_attention(Q, K, V)
+    assert exact.shape == (2, 30, 3) and exact.dtype == np.float32
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_bit_identical_for_any_thread_count(causal, small_blocks, restore_numba_threads):
+    Q, K, V = _qkv((300,), d=8, seed=12, dtype=np.float32)
+    att = FavorAttention(16, causal=causal, random_state=0).fit(Q)
+    numba.set_num_threads(1)
+    one = att.attend(Q, K, V)
+    numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+    assert_array_equal(att.attend(Q, K, V), one)
+
+
+# --- against exact attention (statistics with fixed seeds) ----------------------------------
+
+
+def _mse_vs_exact(m, projection, estimator, seeds, L=64, d=16):
+    """Output MSE against exact attention, one value per seed (fresh data and features).
+
+    Queries and keys are N(0, 0.25 I): |q̃ + k̃|² ~ 2, where the estimators are accurate
+    enough for the output error to scale like their variance (spec a.5; at N(0, I) the
+    relative MSE e^{|q̃+k̃|²}/m ~ 3000/m saturates the convex combination instead).
+    """
+    errors = []
+    for seed in seeds:
+        Q, K, V = _qkv((L,), d=d, seed=100 + seed)
+        Q, K = Q / 2, K / 2
+        exact = softmax_attention(Q, K, V)
+        att = FavorAttention(m, estimator=estimator, projection=projection, random_state=seed)
+        errors.append(np.mean((att.fit(Q).attend(Q, K, V) - exact) ** 2))
+    return np.array(errors)
+
+
+def _paired_z(worse, better):
+    """z-score of mean(worse - better) > 0 over paired seeds (same data, own features)."""
+    diff = worse - better
+    return diff.mean() / (diff.std(ddof=1) / np.sqrt(diff.size))
+
+
+# One-sided z at the 0.1 % level: a pass is not luck. The seed counts below were chosen so
+# that the expected z is ~5 (measured effect sizes), so a pass is not fragile either.
+Z_CRIT = 3.09
+
+
+def test_error_falls_as_m_grows():
+    seeds = range(24)
+    mse = {m: _mse_vs_exact(m, "orthogonal", "positive", seeds) for m in (8, 32, 128)}
+    assert _paired_z(mse[8], mse[32]) > Z_CRIT
+    assert _paired_z(mse[32], mse[128]) > Z_CRIT
+    # Unbiased features: output MSE ~ variance / m, so 4x the features gives ~4x less error
+    # (measured 2.6x and 3.0x here; a factor 2 either way of 4 is far outside the spread).
+    assert 2 < mse[32].mean() / mse[128].mean() < 8
+
+
+def test_orthogonal_below_iid_on_average():
+    # Theorem 2: at m = d the orthogonal gain is ~10-20 % of the iid MSE, small against the
+    # per-draw spread, hence many (cheap) seeds.
+    seeds = range(400)
+    iid = _mse_vs_exact(16, "iid", "positive", seeds, L=32)
+    ort = _mse_vs_exact(16, "orthogonal", "positive", seeds, L=32)
+    assert _paired_z(iid, ort) > Z_CRIT
+
+
+def test_hyperbolic_below_positive_at_equal_projections():
+    # Lemma 2: MSE_hyp = (1 - e^{-|z|²})/2 * MSE_+ with the same m projections.
+    seeds = range(40)
+    pos = _mse_vs_exact(16, "orthogonal", "positive", seeds)
+    hyp = _mse_vs_exact(16, "orthogonal", "hyperbolic", seeds)
+    assert _paired_z(pos, hyp) > Z_CRIT
+
+
+# --- softmax_attention ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_attention_matches_definition(causal, dtype, monkeypatch):
+    monkeypatch.setattr(fa, "_EXACT_BLOCK_ELEMS", 700)  # many row blocks
+    Q, K, V = _qkv((2, 60), d=8, dv=3, seed=13, dtype=dtype)
+    mask = np.zeros(60, dtype=bool)
+    mask[[5, 40]] = True
+    out = softmax_attention(Q, K, V, causal=causal, scale=0.3, key_padding_mask=mask)
+    assert out.dtype == dtype
+    for b in range(2):
+        want = naive.softmax_attention_dense(Q[b], K[b], V[b], causal, 0.3, mask)
+        assert_allclose(out[b], want, rtol=REL[dtype], atol=REL[dtype])
+
+
+def test_softmax_attention_is_stable_for_large_logits():
+    Q, K, V = _qkv((40,), d=8, seed=14)
+    out = softmax_attention(100 * Q, 100 * K, V)
+    assert np.all(np.isfinite(out))
+    assert_allclose(out, naive.softmax_attention_dense(100 * Q, 100 * K, V), rtol=1e-10)
+
+
+# --- the estimator --------------------------------------------------------------------------
+
+
+def test_fit_needs_only_d_and_never_redraws_by_itself():
+    Q, K, V = _qkv((2, 20), d=6, seed=15)
+    att = FavorAttention(12, random_state=0).fit(np.zeros((1, 6)))
+    assert att.projection_.shape == (12, 6) and att.n_features_in_ == 6
+    W = att.projection_.copy()
+    first = att.attend(Q, K, V)
+    assert_array_equal(att.attend(Q, K, V), first)
+    assert_array_equal(att.projection_, W)
+    assert_array_equal(att.fit(Q).projection_, W)  # same random_state, same draw
+    att.redraw()
+    assert not np.array_equal(att.projection_, W)
+    again = FavorAttention(12, random_state=0).fit(Q).redraw()
+    assert_array_equal(again.projection_, att.projection_)  # the stream is reproducible
+
+
+def test_scale_means_the_same_as_in_exact_attention():
+    Q, K, V = _qkv((50,), d=8, seed=16)
+    Q, K = Q / 2, K / 2
+    for scale in (None, 0.05, 0.5):
+        att = FavorAttention(4096, scale=scale, random_state=0).fit(Q)
+        exact = softmax_attention(Q, K, V, scale=scale)
+        # |q̃ + k̃|² <= ~2 here, so the kernel's relative MSE (e^{|q̃+k̃|²} - 1)/m is
+        # <= ~2e-3 and output errors are a few 1e-2 at most; a wrong scale (say d^-1/4
+        # on only one side) would be off by O(1).
+        assert np.abs(att.attend(Q, K, V) - exact).max() < 0.1
+        fq = naive.favor_features(Q, att.projection_, att.scale_)
+        fk = naive.favor_features(K, att.projection_, att.scale_)
+        assert_allclose(att.attend(Q, K, V), naive.linear_attention_dense(fq, fk, V), rtol=1e-9)
+
+
+def test_transform_is_self_attention_and_fits_in_a_pipeline():
+    X = np.random.default_rng(17).normal(size=(40, 5))
+    att = FavorAttention(16, random_state=0)
+    pipe = make_pipeline(StandardScaler(), att).fit(X)
+    Xs = StandardScaler().fit_transform(X)
+    assert_allclose(pipe.transform(X), att.attend(Xs, Xs, Xs))
+    X3 = np.random.default_rng(18).normal(size=(2, 40, 5))
+    assert_allclose(att.transform(X3), att.attend(X3, X3, X3))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_matrix(causal):
+    Q, K, V = _qkv((2, 30), d=8, seed=19)
+    mask = np.zeros((2, 30), dtype=bool)
+    mask[1, 25:] = True
+    att = FavorAttention(32, causal=causal, random_state=0).fit(Q)
+    A = att.attention_matrix(Q, K, key_padding_mask=mask)
+    assert A.shape == (2, 30, 30)
+    assert_allclose(A.sum(axis=-1), 1.0)
+    assert np.all(A >= 0) and np.all(A[1, :, 25:] == 0)
+    if causal:
+        assert np.all(np.triu(A, 1) == 0)
+    assert_allclose(A @ V, att.attend(Q, K, V, key_padding_mask=mask), rtol=1e-10)
+
+
+def test_attention_matrix_trig_reports_and_all_padded():
+    Q, K, _ = _qkv((60,), d=8, seed=3)
+    att = FavorAttention(4, estimator="trig", random_state=0).fit(Q)
+    with pytest.warns(NumericalWarning, match="non-positive attention normalizer"):
+        A = att.attention_matrix(2 * Q, 2 * K)
+    assert np.all((A.sum(axis=1) == 0) | np.isclose(A.sum(axis=1), 1))
+    assert np.all(att.attention_matrix(Q, K, key_padding_mask=np.ones(60, bool)) == 0)
+
+
+@parametrize_with_checks(
+    [FavorAttention(8, random_state=0)],
+    expected_failed_checks=lambda est: {
+        "check_methods_subset_invariance": "self-attention mixes rows by design",
+    },
+)
+def test_sklearn_compatible(estimator, check):
+    check(estimator)
+
+
+# --- errors ---------------------------------------------------------------------------------
+
+
+def _good(L=10, d=4):
+    return _qkv((L,), d=d, seed=20)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda Q, K, V: (Q[:, :3], K, V), "same last dimension d"),
+        (lambda Q, K, V: (Q, K, V[:7]), "same length L_k"),
+        (lambda Q, K, V: (Q[None], K, V), "same batch and head axes"),
+        (lambda Q, K, V: (Q[0], K, V), "at least 2 dimensions"),
+        (lambda Q, K, V: (Q.astype(complex), K, V), "real numeric array"),
+        (lambda Q, K, V: (Q[:0], K, V), "Empty input"),
+    ],
+)
+@pytest.mark.parametrize("func", [favor_attention, softmax_attention])
+def test_bad_shapes(change, match, func):
+    with pytest.raises(ValueError, match=match):
+        func(*change(*_good()))
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("func", [favor_attention, softmax_attention])
+def test_nan_or_inf(which, bad, causal, func):
+    arrays = list(_good())
+    arrays[which][7, 1] = bad
+    with pytest.raises(ValueError, match=f"{'QKV'[which]} contains NaN or inf"):
+        func(*arrays, causal=causal)
+
+
+def test_bad_masks():
+    Q, K, V = _qkv((2, 3, 10), d=4, seed=21)
+    with pytest.raises(ValueError, match="key_padding_mask has shape"):
+        favor_attention(Q, K, V, key_padding_mask=np.zeros((2, 9), bool))
+    with pytest.raises(ValueError, match="key_padding_mask has shape"):
+        favor_attention(Q, K, V, key_padding_mask=np.zeros((3, 10), bool))
+    with pytest.raises(ValueError, match="must be a boolean array"):
+        softmax_attention(Q, K, V, key_padding_mask=np.zeros((2, 10)))
+
+
+def test_bad_parameters():
+    Q, K, V = _good()
+    with pytest.raises(ValueError, match="needs as many queries as keys"):
+        favor_attention(Q[:5], K, V, causal=True)
+    with pytest.raises(ValueError, match="scale must be a positive finite number"):
+        favor_attention(Q, K, V, scale=-1.0)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        favor_attention(Q, K, V, kernel="gelu")
+    with pytest.raises(ValueError, match="estimator must be one of"):
+        favor_attention(Q, K, V, estimator="cos")
+    with pytest.raises(ValueError, match="n_components must be a positive integer"):
+        favor_attention(Q, K, V, n_components=0)
+    with pytest.raises(ValueError, match="only for generalized kernels"):
+        favor_attention(Q, K, V, projection=None)
+    with pytest.raises(ValueError, match="only for generalized kernels"):
+        FavorAttention(projection=None).fit(Q)
+    with pytest.raises(ValueError, match="same shape"):
+        favor_attention(Q, K, V, kernel=lambda z: z[:, :1])
+
+
+def test_overflow_errors():
+    Q, K, V = _good()
+    with pytest.raises(ValueError, match="overflow float32"):
+        big = np.full(Q.shape, 3e38, dtype=np.float32)  # finite, but W·x is not
+        favor_attention(big, K.astype(np.float32), V.astype(np.float32), random_state=0)
+    with pytest.raises(ValueError, match="squared norm overflows float64"):
+        favor_attention(Q, K * 1e160, V)
+    with pytest.raises(ValueError, match="gave non-finite features"):
+        favor_attention(Q * 1e3, K * 1e3, V, kernel="exp")
+
+
+def test_estimator_dimension_errors():
+    att = FavorAttention(8, random_state=0).fit(np.zeros((2, 5, 4)))
+    assert att.n_features_in_ == 4
+    Q, K, V = _qkv((5,), d=3, seed=22)
+    with pytest.raises(ValueError, match="fitted with d=4"):
+        att.attend(Q, K, V)
+    with pytest.raises(ValueError, match="fitted with d=4"):
+        att.attention_matrix(Q, K)
+    with pytest.raises(ValueError, match="is expecting 4 features"):
+        att.transform(np.zeros((2, 5, 3)))
