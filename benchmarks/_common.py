@@ -37,32 +37,42 @@ def interleaved_medians(contenders, repeats=9, warmup=1):
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def gemm_seconds(n, k, m, dtype, repeats=9):
-    """Median time of an (n, k) @ (k, m) product with numpy's BLAS (all cores)."""
+def gemm_job(n, k, m, dtype):
+    """A callable computing an (n, k) @ (k, m) product with numpy's BLAS (all cores)."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, k)).astype(dtype)
     b = rng.standard_normal((k, m)).astype(dtype)
-    return interleaved_medians({"gemm": lambda: a @ b}, repeats)["gemm"]
+    return lambda: a @ b
 
 
-def exp_rate(dtype, n_threads=2, size=2**24, block=1 << 18, repeats=9):
-    """Best measured exp throughput (values per second) on ``n_threads`` cores.
+class ExpJob:
+    """A callable exponentiating ``size`` values in place on ``n_threads`` cores.
 
-    numpy's SIMD exp on blocks of a preallocated array, one block per task on a thread
-    pool (numpy releases the GIL), values in the range features take (about -10..0).
+    numpy's SIMD exp on blocks of a preallocated array, one block per task on a thread pool
+    (numpy releases the GIL), values in the range features take (about -10..0) — the best
+    two-core exp rate measured on the development machine (Numba's libm exp was 3-4x
+    slower). Use it as a context manager so the pool is closed.
     """
-    values = np.random.default_rng(0).uniform(-10, 0, size).astype(dtype)
-    out = np.empty_like(values)
-    slices = [slice(i, min(i + block, size)) for i in range(0, size, block)]
-    pool = ThreadPoolExecutor(n_threads)
 
-    def run():
-        list(pool.map(lambda s: np.exp(values[s], out=out[s]), slices))
+    def __init__(self, size, dtype, n_threads=2, block=1 << 18):
+        self.values = np.random.default_rng(0).uniform(-10, 0, size).astype(dtype)
+        self.out = np.empty_like(self.values)
+        self.slices = [slice(i, min(i + block, size)) for i in range(0, size, block)]
+        self.pool = ThreadPoolExecutor(n_threads)
+        self.size = size
 
-    with threadpool_limits(1, "blas"):
-        t = interleaved_medians({"exp": run}, repeats)["exp"]
-    pool.shutdown()
-    return size / t
+    def _one(self, s):
+        np.exp(self.values[s], out=self.out[s])
+
+    def __call__(self):
+        with threadpool_limits(1, "blas"):
+            list(self.pool.map(self._one, self.slices))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.pool.shutdown()
 
 
 def environment():
