@@ -128,6 +128,21 @@ def test_favor_matches_dense_same_features(dtype, causal, estimator, blocks, req
 
 
 @pytest.mark.parametrize("causal", [False, True])
+def test_float32_accuracy_holds_at_long_length(causal):
+    """At L = 20 000 (five blocks, 313 chunks) float32 stays within 1e-5 of float64.
+
+    The float64 path is the one checked against the dense computation above; a dense
+    20 000 x 20 000 reference would not fit, and the float32 error budget is where long
+    sums would show (float32 sums are kept to <= 1024 terms, the rest is float64).
+    """
+    Q, K, V = _qkv((20000,), d=64, seed=23)
+    att = FavorAttention(256, random_state=0).fit(Q)
+    ref = att.attend(Q, K, V, causal=causal)
+    out = att.attend(*(x.astype(np.float32) for x in (Q, K, V)), causal=causal)
+    assert _rel(out, ref) <= REL[np.float32]
+
+
+@pytest.mark.parametrize("causal", [False, True])
 def test_trig_matches_dense_and_reports_nonpositive_rows(causal):
     Q, K, V = _qkv((120,), d=8, seed=3)
     Q, K = 2 * Q, 2 * K  # long vectors: the trigonometric normalizer goes negative often
