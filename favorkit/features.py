@@ -620,15 +620,29 @@ class OrthogonalRFF(_RandomFeatures):
         if self.features == "cos":
             offset = self.random_offset_.astype(dtype)
 
+        # float32: numpy's SIMD sin/cos measured 4.4x faster than Numba's libm calls; in
+        # float64 numpy's are scalar here and the fused Numba loop was 1.5x faster.
+        use_numpy = dtype == np.float32
+
         def block(rows):
+            o = out[rows]
             if self.features == "cossin":
                 z = np.empty((rows.stop - rows.start, m), dtype=dtype)
                 _project_into(X[rows], WT, z)
-                cos_sin_rows(z, log_scale[rows], out[rows])
+                if use_numpy:
+                    np.cos(z, out=o[:, :m])
+                    np.sin(z, out=o[:, m:])
+                    o *= np.exp(log_scale[rows]).astype(dtype)[:, None]
+                else:
+                    cos_sin_rows(z, log_scale[rows], o)
             else:
-                z = out[rows]
-                _project_into(X[rows], WT, z)
-                cos_offset_rows_inplace(z, offset, log_scale[rows])
+                _project_into(X[rows], WT, o)
+                if use_numpy:
+                    o += offset
+                    np.cos(o, out=o)
+                    o *= np.exp(log_scale[rows]).astype(dtype)[:, None]
+                else:
+                    cos_offset_rows_inplace(o, offset, log_scale[rows])
 
         map_row_blocks(block, n)
         return out
