@@ -143,7 +143,7 @@ def run(ctx):
     N = ratio.shape[2]
     mean, se = C.mean_se(ratio, axis=2)
     z = (mean - 1.0) / se
-    Z, labels = directions(d)
+    _, labels = directions(d)
 
     att_jobs = [(P["L"], 16, P["att_m"], P["t"], s) for s in ctx.seeds(P["att_repeats"], 2)]
     att = ctx.map(causal_task, att_jobs, desc=f"{NAME} (causal)")
