@@ -53,14 +53,10 @@ GENERALIZED = ("relu", "elu", "exp", "abs")
 # Rows per task (one task = one block of one sequence, on one thread with one BLAS thread).
 BLOCK_ROWS = 4096
 # Causal chunk length: the masked dense block is CHUNK x CHUNK. Measured on the 2-core
-# development machine (d = 64, m = 256, one head): 32, 96 and 128 were slower than 64
-# (smaller chunks waste GEMM efficiency, larger ones add O(C) intra-chunk flops per row).
-CHUNK = 64
-# Causal attention over at least this many sequences (batch x heads) runs one task per
-# sequence; fewer sequences are split into blocks that run in parallel (plus one GEMM per
-# block for the carried-in state). The rule ignores the thread count, so the output does
-# not depend on it.
-SEQUENTIAL_MIN_SEQ = 4
+# development machine (d = 64, m = 256, one 4096-row block, one thread): 16: 5.5 ms,
+# 24: 5.6, 32: 5.1, 48: 5.9, 64: 7.6 (smaller chunks waste GEMM efficiency, larger ones
+# add O(C) intra-chunk flops per row).
+CHUNK = 32
 # Rows of a bidirectional key block summed in the GEMM dtype before adding into the
 # float64 state (keeps float32 accumulation error at ~sqrt(1024) ulp).
 KEY_SUBBLOCK = 1024
@@ -452,48 +448,48 @@ def _favor(Qf, Kf, Vf, mask, fmap, causal):
     if causal:
         thresh = _THRESH[dtype]
         nb = -(-Lq // block_rows)
+        events = [threading.Event() for _ in range(n_seq * nb)]
+        carried = [None] * n_seq
+        failed = []
 
-        def causal_rows(n, lo, hi, state, R):
-            """Positions lo:hi of sequence n, on top of ``(state, R)`` (updated in place)."""
-            fq = query_block(n, lo, hi)
-            fk, s, u = key_block(n, lo, hi)
-            num = np.empty((hi - lo, e))
-            ref = np.empty(hi - lo)
-            R = causal_block(fq, fk, s, u, chunk, thresh, state, R, num, ref)
-            return fq, num, ref, R
-
-        if n_seq >= SEQUENTIAL_MIN_SEQ or nb == 1:
-            # Enough sequences to fill the threads: one task per sequence carries its
-            # state through all blocks (no extra GEMM for the carried-in state).
-            def sequence(rows):
-                n = rows.start
-                state = np.zeros((fmap.width_for(Qf), e))
-                R = -np.inf
-                for b in range(nb):
-                    lo, hi = b * block_rows, min(Lq, (b + 1) * block_rows)
-                    _, num, ref, R = causal_rows(n, lo, hi, state, R)
-                    count(merge_normalize(num, ref, no_cross, -np.inf, out[n, lo:hi]))
-
-            map_row_blocks(sequence, n_seq, block_rows=1)
-            return out, n_bad[0]
-
-        # Few sequences (one head): blocks of one sequence run in parallel from an empty
-        # state; each adds the carried-in state of the blocks before it with one GEMM.
-        def local(n, b):
+        def causal_task(rows):
+            """Block b of sequence n: features in parallel with the other blocks, then the
+            prefix-sum kernel on top of the state left by block b - 1 (a pipeline: while
+            one thread runs a block's kernel, another computes the next block's features).
+            Every block sees exactly the computation of a single sequential pass, so the
+            output does not depend on the thread count or on the batch/head layout."""
+            # Block-major order: with several sequences the first blocks of all of them run
+            # before any second block, so a block rarely waits for its predecessor.
+            i = rows.start
+            b, n = divmod(i, n_seq)
             lo, hi = b * block_rows, min(Lq, (b + 1) * block_rows)
-            state = np.zeros((fmap.width_for(Qf), e))
-            fq, num, ref, R = causal_rows(n, lo, hi, state, -np.inf)
-
-            def finish(before):
-                if before is not None and before[1] > -np.inf:
-                    cross, r_cross = fq @ before[0].astype(dtype), before[1]
+            released = False
+            try:
+                fq = query_block(n, lo, hi)
+                fk, s, u = key_block(n, lo, hi)
+                num = np.empty((hi - lo, e))
+                ref = np.empty(hi - lo)
+                if b > 0:
+                    events[i - n_seq].wait()
+                    if failed:
+                        return
+                    state, R = carried[n]
                 else:
-                    cross, r_cross = no_cross, -np.inf
-                count(merge_normalize(num, ref, cross, r_cross, out[n, lo:hi]))
+                    state, R = np.zeros((fq.shape[1], e)), -np.inf
+                R = causal_block(fq, fk, s, u, chunk, thresh, state, R, num, ref)
+                carried[n] = (state, R)
+                events[i].set()
+                released = True
+                del fq, fk, u
+                count(merge_normalize(num, ref, no_cross, -np.inf, out[n, lo:hi]))
+            except BaseException:
+                failed.append(True)
+                raise
+            finally:
+                if not released:  # never leave the next block waiting
+                    events[i].set()
 
-            return (state, R), finish
-
-        _chained(n_seq, nb, local)
+        map_row_blocks(causal_task, n_seq * nb, block_rows=1)
         return out, n_bad[0]
 
     def key_local(n, b):
