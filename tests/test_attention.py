@@ -40,8 +40,9 @@ def _rel(a, b):
 
 @pytest.fixture
 def small_blocks(monkeypatch):
-    """Blocks of 48 rows and chunks of 16: exercises block chaining at small L."""
+    """Blocks of 48 (causal 40) rows, chunks of 16: exercises block chaining at small L."""
     monkeypatch.setattr(fa, "BLOCK_ROWS", 48)
+    monkeypatch.setattr(fa, "CAUSAL_BLOCK_ROWS", 40)
     monkeypatch.setattr(fa, "CHUNK", 16)
     monkeypatch.setattr(fa, "KEY_SUBBLOCK", 20)
 
