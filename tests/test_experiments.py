@@ -1,0 +1,193 @@
+"""Every experiment end to end in smoke mode, its outputs, and FAIL on a broken estimator.
+
+Smoke mode uses tiny parameters (seconds per experiment); its verdicts are not meaningful,
+so these tests check the plumbing and that a deliberately broken estimator is caught with
+parameters large enough for the test to have power.
+"""
+
+import importlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXPERIMENTS_DIR = Path(__file__).resolve().parent.parent / "experiments"
+sys.path.insert(0, str(EXPERIMENTS_DIR))
+
+import _common as C  # noqa: E402
+import run_all  # noqa: E402
+
+pytest.importorskip("matplotlib")
+
+
+def _run(name, tmp_path, *extra):
+    module = importlib.import_module(name)
+    claims = C.main_for(module, ["--smoke", "--out", str(tmp_path), "--no-progress", *extra])
+    return module, claims
+
+
+@pytest.mark.parametrize("name", run_all.EXPERIMENTS)
+def test_experiment_smoke_end_to_end(name, tmp_path):
+    _, claims = _run(name, tmp_path)
+    out = tmp_path / name
+    assert claims and all(c.verdict in ("PASS", "FAIL") for c in claims)
+    parsed = C.parse_summary(out / "summary.md")
+    assert [p["verdict"] for p in parsed] == [c.verdict for c in claims]
+    assert [p["claim"] for p in parsed] == [c.claim for c in claims]
+    assert all(p["criterion"] and p["measured"] for p in parsed)
+    text = (out / "summary.md").read_text()
+    assert '"git_commit"' in text and '"seed": 0' in text and '"numpy"' in text
+    rows = C.read_csv(out / f"{name}.csv")
+    assert len(rows) > 1
+    png = out / f"{name}.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_results_do_not_depend_on_n_jobs(tmp_path):
+    _run("mse_ratio", tmp_path / "a")
+    _run("mse_ratio", tmp_path / "b", "--n-jobs", "2")
+    a = C.read_csv(tmp_path / "a" / "mse_ratio" / "mse_ratio.csv")
+    b = C.read_csv(tmp_path / "b" / "mse_ratio" / "mse_ratio.csv")
+    assert a == b
+
+
+def test_run_all_writes_report(tmp_path):
+    status = run_all.main(
+        [
+            "--smoke",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+            "--n-jobs",
+            "1",
+            "--only",
+            "mse_ratio",
+            "smreg",
+        ]
+    )
+    assert status == 0
+    report = (tmp_path / "REPORT.md").read_text()
+    n_claims = sum(
+        len(C.parse_summary(tmp_path / n / "summary.md")) for n in ("mse_ratio", "smreg")
+    )
+    lines = [line for line in report.splitlines() if line.startswith("- **")]
+    assert len(lines) == n_claims
+    assert all("(mse_ratio/mse_ratio.png)" in x or "(smreg/smreg.png)" in x for x in lines)
+    assert all(("**PASS**" in x) != ("**FAIL**" in x) for x in lines)
+
+
+def test_run_all_reports_a_crash(tmp_path, monkeypatch):
+    module = importlib.import_module("smreg")
+
+    def boom(ctx):
+        raise RuntimeError("deliberate")
+
+    monkeypatch.setattr(module, "run", boom)
+    status = run_all.main(["--smoke", "--out", str(tmp_path), "--no-progress", "--only", "smreg"])
+    assert status == 1
+    assert "**ERROR** · `smreg` · crashed: `RuntimeError: deliberate`" in (
+        (tmp_path / "REPORT.md").read_text()
+    )
+
+
+def test_parse_summary_rejects_malformed(tmp_path):
+    bad = tmp_path / "summary.md"
+    bad.write_text(
+        "# t\n\n| # | Claim | Theory | Measured | Criterion | Verdict |\n|---|\n"
+        "| 1 | x | y | z | w | MAYBE |\n"
+    )
+    with pytest.raises(ValueError, match="malformed claim row"):
+        C.parse_summary(bad)
+    bad.write_text("# no table\n")
+    with pytest.raises(ValueError, match="no claims table"):
+        C.parse_summary(bad)
+
+
+def test_claim_text_with_pipes_round_trips(tmp_path):
+    module = importlib.import_module("smreg")
+    args = C.build_parser(module).parse_args(["--smoke", "--out", str(tmp_path)])
+    ctx = C.Context("x", args, {}, tmp_path)
+    claims = [C.Claim("a | b", "|x|", "m", "c", True), C.Claim("q", "t", "m", "c", False)]
+    C.write_summary(ctx, "T", claims, ["n"], {"k": 1})
+    parsed = C.parse_summary(tmp_path / "summary.md")
+    assert [(p["claim"], p["theory"], p["verdict"]) for p in parsed] == [
+        ("a | b", "|x|", "PASS"),
+        ("q", "t", "FAIL"),
+    ]
+
+
+def test_verdict_helpers_fail_when_they_should():
+    assert C.all_within([0.1, -0.5])[0]
+    assert not C.all_within([0.1, 9.0])[0]
+    assert C.all_below([-9.0, 1.0])[0]
+    assert not C.all_below([0.0, 9.0])[0]
+    assert C.significantly_positive(5.0)[0] and not C.significantly_positive(1.0)[0]
+    # Bonferroni thresholds grow with the family size.
+    assert C.bonferroni(100) > C.bonferroni(1)
+
+
+# --------------------------------------------------------------- a broken estimator FAILs
+
+
+def test_biased_positive_estimator_fails_lemma2_and_unbiasedness(tmp_path, monkeypatch):
+    module = importlib.import_module("variance_vs_features")
+    real = C.kernel_samples
+
+    def broken(estimator, W, X, Y):
+        s = real(estimator, W, X, Y)
+        return 1.25 * s if estimator == "positive" else s  # a 25 % scale bug
+
+    monkeypatch.setattr(C, "kernel_samples", broken)
+    monkeypatch.setitem(
+        module.PARAMS, "smoke", {"d": 8, "ms": [4, 8, 16], "repeats": 400, "chunk": 200}
+    )
+    claims = C.main_for(module, ["--smoke", "--out", str(tmp_path), "--no-progress"])
+    verdict = {c.claim.split(" (")[0]: c.verdict for c in claims}
+    lemma2_pos = next(c for c in claims if "positive estimator with iid" in c.claim)
+    assert lemma2_pos.verdict == "FAIL"
+    assert next(c for c in claims if "unbiased" in c.claim).verdict == "FAIL"
+    # The untouched estimators still pass their Lemma 2 check.
+    assert next(c for c in claims if "trig estimator with iid" in c.claim).verdict == "PASS"
+    assert verdict
+
+
+def test_unfixed_qr_in_favorkit_fails_official_pitfalls(tmp_path, monkeypatch):
+    module = importlib.import_module("official_pitfalls")
+    real = module.draw
+    monkeypatch.setattr(module, "draw", lambda fix, n, m, d, rng: real(False, n, m, d, rng))
+    monkeypatch.setattr(module, "favorkit_causal", module.official_causal)
+    monkeypatch.setitem(
+        module.PARAMS, "smoke", {**module.PARAMS["smoke"], "draws": 1000, "chunk": 500}
+    )
+    claims = C.main_for(module, ["--smoke", "--out", str(tmp_path), "--no-progress"])
+    by = {c.claim: c.verdict for c in claims}
+    assert next(v for k, v in by.items() if k.startswith("favorkit's orthogonal")) == "FAIL"
+    assert next(v for k, v in by.items() if k.startswith("Haar check")) == "FAIL"
+    assert next(v for k, v in by.items() if k.startswith("favorkit's causal")) == "FAIL"
+    assert next(v for k, v in by.items() if k.startswith("DESIGN.md rule")) == "FAIL"
+
+
+def test_chi_norms_instead_of_smreg_fail_the_closed_form(tmp_path, monkeypatch):
+    module = importlib.import_module("smreg")
+    real = module.sampling.orthogonal
+
+    class FakeSampling:
+        @staticmethod
+        def orthogonal(m, d, random_state=None, norms="chi"):
+            return real(m, d, random_state=random_state, norms="chi")  # not SMREG
+
+    monkeypatch.setattr(module, "sampling", FakeSampling)
+    monkeypatch.setitem(module.PARAMS, "smoke", {"ds": [4, 16], "repeats": 2000, "budget": 2**20})
+    claims = C.main_for(module, ["--smoke", "--out", str(tmp_path), "--no-progress"])
+    assert claims[0].verdict == "FAIL"  # closed form vs measured
+
+
+def test_smoke_mode_is_fast_and_deterministic(tmp_path):
+    _run("orthogonal_vs_iid", tmp_path / "a")
+    _run("orthogonal_vs_iid", tmp_path / "b")
+    a = C.read_csv(tmp_path / "a" / "orthogonal_vs_iid" / "orthogonal_vs_iid.csv")
+    b = C.read_csv(tmp_path / "b" / "orthogonal_vs_iid" / "orthogonal_vs_iid.csv")
+    assert a == b
+    est = np.array([float(r["estimate"]) for r in a])
+    assert np.all(np.isfinite(est)) and np.all(est > 0)
