@@ -22,7 +22,7 @@ PAIRS = [(0.5, np.pi / 3), (0.7, 2 * np.pi / 3), (0.4, 0.0)]
 PARAMS = {
     "smoke": {"ds": [8], "repeats": 200, "chunk": 100},
     "quick": {"ds": [16, 64], "repeats": 12000, "chunk": 3000},
-    "full": {"ds": [16, 64], "repeats": 200000, "chunk": 10000},
+    "full": {"ds": [16, 64], "repeats": 200000, "chunk": 5000},
 }
 
 
