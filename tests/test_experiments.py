@@ -191,3 +191,21 @@ def test_smoke_mode_is_fast_and_deterministic(tmp_path):
     assert a == b
     est = np.array([float(r["estimate"]) for r in a])
     assert np.all(np.isfinite(est)) and np.all(est > 0)
+
+
+def test_variance_vs_features_on_user_data(tmp_path):
+    points = np.random.default_rng(0).normal(size=(30, 5)) * 0.3
+    np.save(tmp_path / "points.npy", points)
+    _, claims = _run(
+        "variance_vs_features", tmp_path, "--data", str(tmp_path / "points.npy"), "--n-pairs", "2"
+    )
+    rows = C.read_csv(tmp_path / "variance_vs_features" / "variance_vs_features.csv")
+    assert {r["pair"] for r in rows} == {"0", "1"}
+    assert {r["d"] for r in rows} == {"5"}
+    # Each pair is two rows of the user's array.
+    norms = {round(float(r["norm_x"]), 10) for r in rows}
+    assert norms <= {round(float(np.linalg.norm(p)), 10) for p in points}
+    assert claims
+    with pytest.raises(SystemExit):
+        np.save(tmp_path / "bad.npy", np.ones(3))
+        _run("variance_vs_features", tmp_path, "--data", str(tmp_path / "bad.npy"))
