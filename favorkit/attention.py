@@ -219,10 +219,9 @@ def softmax_attention(Q, K, V, *, causal=False, scale=None, key_padding_mask=Non
         k = Kf[n, :kend]
         v = Vf[n, :kend]
         _check_finite(q, "Q")
-        if b == 0 or not causal:
-            # each key block is checked by the first task that reads all of it
-            _check_finite(Kf[n] if b == 0 else k, "K")
-            _check_finite(Vf[n] if b == 0 else v, "V")
+        if b == 0:  # once per sequence; an error in any task aborts the whole call
+            _check_finite(Kf[n], "K")
+            _check_finite(Vf[n], "V")
         logits = (q.astype(np.float64) * scale) @ k.T.astype(np.float64)
         if causal:
             t = np.arange(lo, hi)[:, None]
