@@ -247,3 +247,18 @@ def test_monte_carlo_reference_detects_a_wrong_formula():
     err2 = (_estimates("positive", W, x, y) - np.exp(x @ y)) ** 2
     assert abs(_mse_z(err2, 1.1 * theory.mse_positive(x, y, m))) > Z_MAX
     assert stats.norm.sf(Z_MAX) < 1e-4
+
+
+@pytest.mark.parametrize(("angle", "length"), [(1.2, 0.5), (2.3, 0.8)])
+def test_fig2_ratio_against_monte_carlo(angle, length):
+    d, m, n_rep = 4, 8, 60_000
+    x, y = _pair(d, length, length, angle)
+    rng = np.random.default_rng(7)
+    sm = np.exp(x @ y)
+    mse = {}
+    for kind in ("trig", "positive"):
+        err2 = (_estimates(kind, rng.standard_normal((n_rep, m, d)), x, y) - sm) ** 2
+        mse[kind] = (err2.mean(), err2.std(ddof=1) / np.sqrt(n_rep) / err2.mean())
+    log_r = np.log(mse["trig"][0] / mse["positive"][0])
+    se = np.hypot(mse["trig"][1], mse["positive"][1])  # delta method on the log ratio
+    assert abs(log_r - np.log(theory.mse_ratio(angle, length))) / se < Z_MAX
