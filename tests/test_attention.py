@@ -231,6 +231,34 @@ def test_no_future_leak(dtype, estimator, n_heads, small_blocks):
         assert np.abs(out[..., t:, :] - base[..., t:, :]).max() > 1e-3
 
 
+def test_the_leak_test_catches_the_official_stabilizer():
+    """The same perturbation leaks through the official code's key stabilizer.
+
+    A numpy mirror of ``nonnegative_softmax_kernel_feature_creator`` (spec (c)): key
+    features ``exp(z - |k̃|²/2 - max(z) over features and all positions) + eps``,
+    eps = 1e-6. Scaling the
+    keys from position t on changes that max, and through eps every earlier output
+    (spec (d).5, peers.md 4.4) -- so the test above would fail for it.
+    """
+    L, d, t = 64, 16, 40
+    Q, K, V = _qkv((L,), d=d, seed=24)
+    att = FavorAttention(64, causal=True, random_state=0).fit(Q)
+    W = att.projection_ * np.sqrt(att.scale_)
+
+    def official(K):
+        zq = Q @ W.T
+        fq = np.exp(zq - zq.max(axis=1, keepdims=True)) + 1e-6
+        zk = K @ W.T  # data_dash; its max over features *and positions* is subtracted
+        diag = att.scale_ * (K**2).sum(axis=1, keepdims=True) / 2
+        fk = np.exp(zk - diag - zk.max()) + 1e-6
+        return naive.linear_attention_dense(fq, fk, V, causal=True)
+
+    K2 = K.copy()
+    K2[t:] *= 8
+    assert np.abs(official(K2)[:t] - official(K)[:t]).max() > 1e-2
+    assert_allclose(att.attend(Q, K2, V)[:t], att.attend(Q, K, V)[:t], rtol=1e-12)
+
+
 def test_no_future_leak_under_extreme_dynamic_range(small_blocks):
     """A tiny early key followed by a dominant one: the early rows must still see their own."""
     Q, K, V = _qkv((64,), d=16, seed=6)
