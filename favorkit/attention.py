@@ -371,48 +371,6 @@ def _merge_state(prev, block):
     return S1 * math.exp(R1 - R) + S2 * math.exp(R2 - R), R
 
 
-def _chained(n_seq, n_blocks, local):
-    """Run ``local(n, b)`` for every block of every sequence on the thread pool and fold
-    the block states of each sequence in block order.
-
-    ``local`` returns ``((state, ref), finish)``. After the previous block of the same
-    sequence has folded its state, this block folds its own (so the order, hence the
-    rounding, is fixed: bit-identical output for any thread count), releases the next
-    block, and only then calls ``finish(state_before_this_block)`` (if not None), so the
-    wait sits at the end of the block's work, not its start. Returns the folded
-    ``(state, ref)`` of every sequence (None if it has no block).
-    """
-    events = [threading.Event() for _ in range(n_seq * n_blocks)]
-    carried = [None] * n_seq
-    failed = []
-
-    def task(rows):
-        i = rows.start
-        n, b = divmod(i, n_blocks)
-        released = False
-        try:
-            pair, finish = local(n, b)
-            if b > 0:
-                events[i - 1].wait()
-                if failed:
-                    return
-            before = carried[n]
-            carried[n] = _merge_state(before, pair)
-            events[i].set()
-            released = True
-            if finish is not None:
-                finish(before)
-        except BaseException:
-            failed.append(True)
-            raise
-        finally:
-            if not released:  # never leave the next block waiting
-                events[i].set()
-
-    map_row_blocks(task, n_seq * n_blocks, block_rows=1)
-    return carried
-
-
 # --------------------------------------------------------------------------------------
 # FAVOR
 
@@ -515,23 +473,60 @@ def _favor(Qf, Kf, Vf, mask, fmap, causal):
             for a in range(0, hi - lo, KEY_SUBBLOCK):
                 rows = slice(a, a + KEY_SUBBLOCK)
                 state += fk[rows].T @ wu[rows]
-        return (state, R), None
+        return state, R
 
-    states = _chained(n_seq, -(-Lk // block_rows), key_local)
-    S = [None if p is None or p[1] == -np.inf else p[0].astype(dtype) for p in states]
-    nbq = -(-Lq // block_rows)
+    # One pool run: key blocks (block-major) fold their states in block order, so the
+    # rounding is fixed; query blocks, queued after all key blocks, compute their features
+    # while the keys are still being folded and wait only for their own sequence's state.
+    nbk, nbq = -(-Lk // block_rows), -(-Lq // block_rows)
+    n_key_tasks = n_seq * nbk
+    events = [threading.Event() for _ in range(n_key_tasks)]
+    carried = [None] * n_seq
+    S = [None] * n_seq
+    failed = []
 
-    def query_task(rows):
-        n, b = divmod(rows.start, nbq)
+    def key_task(i):
+        b, n = divmod(i, n_seq)
+        released = False
+        try:
+            pair = key_local(n, b)
+            if b > 0:
+                events[i - n_seq].wait()
+                if failed:
+                    return
+            carried[n] = _merge_state(carried[n], pair)
+            if b == nbk - 1 and carried[n][1] > -np.inf:
+                S[n] = carried[n][0].astype(dtype)
+            events[i].set()
+            released = True
+        except BaseException:
+            failed.append(True)
+            raise
+        finally:
+            if not released:  # never leave a waiting block behind
+                events[i].set()
+
+    def query_task(j):
+        b, n = divmod(j, n_seq)
         lo, hi = b * block_rows, min(Lq, (b + 1) * block_rows)
         fq = query_block(n, lo, hi)
+        events[(nbk - 1) * n_seq + n].wait()
+        if failed:
+            return
         if S[n] is None:  # every key padded: no key to attend to
             out[n, lo:hi] = 0.0
             return
         num = fq @ S[n]
         count(merge_normalize(num, np.zeros(hi - lo), no_cross, -np.inf, out[n, lo:hi]))
 
-    map_row_blocks(query_task, n_seq * nbq, block_rows=1)
+    def task(rows):
+        i = rows.start
+        if i < n_key_tasks:
+            key_task(i)
+        else:
+            query_task(i - n_key_tasks)
+
+    map_row_blocks(task, n_key_tasks + n_seq * nbq, block_rows=1)
     return out, n_bad[0]
 
 
