@@ -945,10 +945,16 @@ class FavorAttention(TransformerMixin, BaseEstimator):
             _mask_keys(fk, s, None if mask is None else mask[n])
             if not np.isfinite(s).any():
                 continue
-            with np.errstate(under="ignore"):
-                a = (fq @ fk.T) * np.exp(s - s.max())[None, :]
             if causal:
-                a = np.tril(a)
+                # Each row relative to its own causal reference (the prefix maximum of s),
+                # so that no later key can push an earlier row into underflow.
+                ref = np.maximum.accumulate(s)[:, None]
+                logw = np.where(np.tri(Lq, Lk, dtype=bool), s[None, :] - ref, -np.inf)
+            else:
+                logw = (s - s.max())[None, :]
+            with np.errstate(under="ignore", invalid="ignore"):
+                a = (fq @ fk.T) * np.exp(logw)
+            a[~np.isfinite(a)] = 0.0  # rows with no visible key yet: -inf - (-inf)
             den = a.sum(axis=1)
             valid = np.isfinite(s)[None, :]
             if causal:

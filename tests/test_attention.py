@@ -285,6 +285,8 @@ def test_no_future_leak_under_extreme_dynamic_range(small_blocks):
     weights = np.exp(log_a - log_a.max(axis=1, keepdims=True))
     want = weights @ V[:20] / weights.sum(axis=1, keepdims=True)
     assert _rel(out[:20], want) < 1e-9
+    # The diagnostic matrix uses the same causal references: its rows agree too.
+    assert _rel(att.attention_matrix(Q, K)[:20] @ V, want) < 1e-9
 
 
 @pytest.mark.parametrize("causal", [False, True])
