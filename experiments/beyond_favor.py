@@ -23,12 +23,14 @@ try:  # re-exported from favorkit.theory once the issue-5 closed forms are merge
     from favorkit.theory import (
         coupled_relative_mse,
         expected_error,
+        gerf_relative_variance,
         optimal_gerf_a,
     )
 except ImportError:
     from favorkit._beyond_theory import (
         coupled_relative_mse,
         expected_error,
+        gerf_relative_variance,
         optimal_gerf_a,
     )
 
@@ -176,7 +178,7 @@ def iid_rel_se(z, d, a, m, R):
     E[err⁴] = (μ4 + 3(m-1)μ2²)/m³. Used as the "tails allow" gate (coupling lowers μ2).
     """
     e2, e3, e4 = (np.exp(log_moment(j, z, d, a)) for j in (2, 3, 4))
-    mu2 = e2 - 1.0
+    mu2 = gerf_relative_variance(z, d, a)  # = e2 - 1 (§2.2)
     mu4 = e4 - 4 * e3 + 6 * e2 - 3.0
     var_sq = (mu4 + 3 * (m - 1) * mu2**2) / m**3 - (mu2 / m) ** 2
     return np.sqrt(max(var_sq, 0.0) / R) / (mu2 / m)
