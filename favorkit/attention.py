@@ -265,12 +265,6 @@ class _FeatureMap:
             if projection is None
             else np.ascontiguousarray((projection * self.root).T, dtype=dtype)
         )
-        self.paired = kernel == "softmax" and estimator != "positive"
-
-    def width_for(self, X):
-        """Number of feature columns for inputs like X."""
-        m = X.shape[-1] if self.WT is None else self.WT.shape[1]
-        return 2 * m if self.paired else m
 
     def __call__(self, X, *, keys):
         """Features of rows X: ``(F, s)``, ``s`` float64 for keys (None for queries)."""
