@@ -30,7 +30,7 @@ import threading
 import warnings
 
 import numpy as np
-from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
 from favorkit import sampling
 from favorkit._kernels.attention import causal_block, merge_normalize
@@ -672,7 +672,7 @@ def favor_attention(
     )
 
 
-class FavorAttention(TransformerMixin, BaseEstimator):
+class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     r"""FAVOR attention with the random projection drawn once in ``fit`` (Performer).
 
     ``fit(X)`` only reads ``d = X.shape[-1]`` and draws ``projection_`` from

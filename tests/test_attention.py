@@ -208,8 +208,15 @@ class _no_warning:
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("estimator", ["positive", "hyperbolic", "trig"])
 @pytest.mark.parametrize("n_heads", [1, 4])
-def test_no_future_leak(dtype, estimator, n_heads, small_blocks):
-    """Changing keys or values at positions >= t leaves outputs before t unchanged."""
+@pytest.mark.parametrize("blocks", ["default", "small"])
+def test_no_future_leak(dtype, estimator, n_heads, blocks, request):
+    """Changing keys or values at positions >= t leaves outputs before t unchanged.
+
+    t = 101 lies inside a chunk (default 32, small 16) and, with small blocks, inside a
+    block: rows t' < t of that chunk share its reference with the changed keys.
+    """
+    if blocks == "small":
+        request.getfixturevalue("small_blocks")
     L, d, t = 200, 16, 101
     Q, K, V = _qkv((n_heads, L), d=d, seed=5, dtype=dtype)
     att = FavorAttention(32, estimator=estimator, causal=True, random_state=0).fit(Q)
@@ -503,6 +510,8 @@ def test_transform_is_self_attention_and_fits_in_a_pipeline():
     assert_allclose(pipe.transform(X), att.attend(Xs, Xs, Xs))
     X3 = np.random.default_rng(18).normal(size=(2, 40, 5))
     assert_allclose(att.transform(X3), att.attend(X3, X3, X3))
+    # Output column k averages column k of V = X: the names carry over.
+    assert list(pipe.get_feature_names_out(["a", "b", "c", "d", "e"])) == list("abcde")
 
 
 @pytest.mark.parametrize("causal", [False, True])
