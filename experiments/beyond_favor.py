@@ -84,10 +84,9 @@ MAX_REL_SE = 0.1
 # Attention settings: the Fig. 4 protocol (d = 16) and d = 64 with q, k halved. At d = 16 the
 # kernel-level gain of FAVOR++ turns into a *loss* of attention-output accuracy at small m
 # (found in development runs with other seeds; claimed, and tested, as such).
-ATTENTION = [
-    {"d": 16, "L": 4096, "scale": 1.0, "small_m_reversal": True},
-    {"d": 64, "L": 4096, "scale": 0.5},
-]
+# "repeats" = (FAVOR+ and FAVOR++, which the claims compare; the other three methods).
+FIG4 = {"d": 16, "L": 4096, "scale": 1.0, "small_m_reversal": True}
+HALF64 = {"d": 64, "L": 4096, "scale": 0.5}
 
 PARAMS = {
     "smoke": {
@@ -97,9 +96,7 @@ PARAMS = {
         "batch": {"d": 8, "L": 12, "ms": [2, 4, 8, 16], "repeats": 200},
         "regime_L": 64,
         "regime_seeds": 2,
-        "attention": [{"d": 8, "L": 256, "scale": 1.0}],
-        "attention_ms": [8, 32],
-        "attention_repeats": (3, 2),
+        "attention": [{"d": 8, "L": 256, "scale": 1.0, "ms": [8, 32], "repeats": (3, 2)}],
         "chunk": 1500,
     },
     "quick": {
@@ -109,9 +106,10 @@ PARAMS = {
         "batch": {"d": 16, "L": 32, "ms": [4, 8, 16, 32, 64], "repeats": 1000},
         "regime_L": 512,
         "regime_seeds": 5,
-        "attention": ATTENTION,
-        "attention_ms": [16, 128, 1024],
-        "attention_repeats": (16, 6),
+        "attention": [
+            dict(FIG4, ms=[16, 128, 1024], repeats=(16, 5)),
+            dict(HALF64, ms=[16, 64, 256], repeats=(10, 4)),
+        ],
         "chunk": 800,
     },
     "full": {
@@ -121,9 +119,10 @@ PARAMS = {
         "batch": {"d": 16, "L": 64, "ms": [4, 8, 16, 32, 64, 128], "repeats": 20000},
         "regime_L": 512,
         "regime_seeds": 5,
-        "attention": ATTENTION,
-        "attention_ms": [16, 32, 64, 128, 256, 512, 1024],
-        "attention_repeats": (40, 20),
+        "attention": [
+            dict(FIG4, ms=[16, 32, 64, 128, 256, 512, 1024], repeats=(40, 20)),
+            dict(HALF64, ms=[16, 32, 64, 128, 256, 512, 1024], repeats=(40, 20)),
+        ],
         "chunk": 2000,
     },
 }
@@ -604,11 +603,11 @@ def run(ctx):
         setting = dict(setting, seed=ctx.seeds(1, stream=5000 + si)[0])
         # FAVOR+ and FAVOR++ (the claims) get more repeats than the others; repeat r uses
         # the same seed for every method, so comparisons are paired
-        n_claim, n_other = P["attention_repeats"]
+        n_claim, n_other = setting["repeats"]
         seeds = ctx.seeds(n_claim, stream=6000 + si)
         n_rep = [n_claim if mi < 2 else n_other for mi in range(len(BATCH_METHODS))]
         jobs = [
-            (setting, P["attention_ms"], est, cp, s)
+            (setting, setting["ms"], est, cp, s)
             for (_, est, cp), n in zip(BATCH_METHODS, n_rep, strict=True)
             for s in seeds[:n]
         ]
@@ -621,7 +620,7 @@ def run(ctx):
         attn_setting[(setting["d"], setting["scale"])] = setting
         for mi, (label, est, cp) in enumerate(BATCH_METHODS):
             mean, se = C.mean_se(arr[mi])
-            for j, m in enumerate(P["attention_ms"]):
+            for j, m in enumerate(setting["ms"]):
                 rows.append(
                     {
                         "part": "attention",
@@ -644,11 +643,11 @@ def run(ctx):
         Qs, Ks, _, _ = _attention_data(setting)
         sub = slice(0, min(512, len(Qs)))
         kern = {
-            est: expected_error(Qs[sub], Ks[sub], P["attention_ms"][-1], estimator=est)
+            est: expected_error(Qs[sub], Ks[sub], setting["ms"][-1], estimator=est)
             for est in ("positive", "optimal")
         }
         kern_txt = (
-            f"expected_error on {sub.stop}×{sub.stop} of these pairs, m={P['attention_ms'][-1]}: "
+            f"expected_error on {sub.stop}×{sub.stop} of these pairs, m={setting['ms'][-1]}: "
             f"kernel relMSE mean {C.fmt(kern['positive'].mean)} → {C.fmt(kern['optimal'].mean)}, "
             f"median {C.fmt(kern['positive'].median)} → {C.fmt(kern['optimal'].median)} "
             "(FAVOR+ → FAVOR++)"
@@ -661,14 +660,14 @@ def run(ctx):
         t_stat = mu / se
         z_eq = stats.norm.isf(stats.t.sf(t_stat, n - 1))
         ratios = ", ".join(
-            f"m={m}: ×{C.fmt(r)}" for m, r in zip(P["attention_ms"], np.exp(mu), strict=True)
+            f"m={m}: ×{C.fmt(r)}" for m, r in zip(setting["ms"], np.exp(mu), strict=True)
         )
         geo = [np.exp(np.log(arr[0][: len(a), -1] / a[:, -1]).mean()) for a in arr]
         others = ", ".join(
             f"{BATCH_METHODS[i][0].split(' (')[0]} ×{C.fmt(geo[i])}"
             for i in range(2, len(BATCH_METHODS))
         )
-        m_min, m_max = P["attention_ms"][0], P["attention_ms"][-1]
+        m_min, m_max = setting["ms"][0], setting["ms"][-1]
         where = f"L={setting['L']}, d={d}, q,k ×{scale}"
         ok, _, crit = C.significantly_positive(z_eq[-1])
         claims.append(
@@ -716,11 +715,11 @@ def run(ctx):
         f"|q+k|² from {zb.min():.2f} to {zb.max():.2f} (mean {zb.mean():.2f}).",
     ]
     C.write_csv(ctx.path(f"{NAME}.csv"), rows)
-    _plot(ctx, curves, batch, B, reg, attn)
+    _plot(ctx, curves, batch, B, reg, attn, attn_setting)
     return claims, notes
 
 
-def _plot(ctx, curves, batch, B, reg, attn):
+def _plot(ctx, curves, batch, B, reg, attn, attn_setting):
     import matplotlib.pyplot as plt
 
     P = ctx.params
@@ -759,6 +758,8 @@ def _plot(ctx, curves, batch, B, reg, attn):
     ax.set(
         xscale="log", yscale="log", xlabel="projections m", ylabel="mean relative MSE over pairs"
     )
+    ax.set_xticks(B["ms"], [str(m) for m in B["ms"]])
+    ax.minorticks_off()
     ax.set_title(f"batch d={B['d']}, L={B['L']} (lines: expected_error)", fontsize=9)
     ax.legend(fontsize=6)
     # (d), (e): attention
@@ -766,7 +767,7 @@ def _plot(ctx, curves, batch, B, reg, attn):
         for i, (label, _, _) in enumerate(BATCH_METHODS):
             mean, se = C.mean_se(arr[i])
             ax.errorbar(
-                np.array(P["attention_ms"]) * (1 + 0.03 * i),
+                np.array(attn_setting[(d, scale)]["ms"]) * (1 + 0.03 * i),
                 mean,
                 yerr=2 * se,
                 fmt="o-",

@@ -441,7 +441,7 @@ def coupled_relative_mse(z, d, m, *, a=0.0, coupling="orthogonal", hyperbolic=Fa
     if hyperbolic:
         if np.any(a != 0):
             raise ValueError("the hyperbolic estimator has A = 0; pass a=0.")
-        v1 = np.cosh(z) - 1.0
+        v1 = 2.0 * np.sinh(0.5 * z) ** 2  # cosh z - 1 without cancellation near 0
         cov = _hyperbolic_cov(z.ravel(), d, coupling).reshape(z.shape)
     else:
         v1 = gerf_relative_variance(z, d, a)
@@ -719,7 +719,7 @@ def expected_error(
     for rows in blocks:
         z = _pair_z(U, V, rows)
         if hyperbolic:
-            log1p_v = np.log(np.cosh(z))
+            log1p_v = np.logaddexp(z, -z) - np.log(2.0)  # log cosh z, no overflow
         else:
             log1p_v = log_const + z / (1.0 - 8.0 * a)
         v = np.expm1(log1p_v)
