@@ -81,6 +81,8 @@ TABLE_36 = {
 # Monte Carlo cells are tested only where the squared error is light-tailed enough: the
 # relative standard error of the MC mean predicted from the iid 4th moment must be below this.
 MAX_REL_SE = 0.1
+# Largest |q + k|² in the batch experiment (see batch_data).
+BATCH_MAX_Z = 2.0
 # Attention settings: the Fig. 4 protocol (d = 16) and d = 64 with q, k halved. At d = 16 the
 # kernel-level gain of FAVOR++ turns into a *loss* of attention-output accuracy at small m
 # (found in development runs with other seeds; claimed, and tested, as such).
@@ -214,12 +216,18 @@ def pair_task(job):
     return d, coupling, out
 
 
-def batch_data(d, L, seed):
-    """Queries and keys with mismatched per-dimension scales, |q + k|² mostly below 2."""
+def batch_data(d, L, seed, max_z=BATCH_MAX_Z):
+    """Queries and keys with mismatched per-dimension scales, rescaled to max |q + k|² = max_z.
+
+    The common rescaling bounds the heavy tails of the positive estimator's squared error
+    (4th moment ~ e^{6z}) whatever the seed, so the Monte Carlo z-tests stay valid.
+    """
     rng = np.random.default_rng(seed)
     s = np.exp(rng.normal(0.0, 0.5, d))
-    scale = 0.3 / d**0.25
-    return rng.normal(size=(L, d)) * s * scale, rng.normal(size=(L, d)) / s * scale
+    Q, K = rng.normal(size=(L, d)) * s, rng.normal(size=(L, d)) / s
+    z_max = ((Q[:, None] + K[None]) ** 2).sum(-1).max()
+    c = np.sqrt(max_z / z_max)
+    return Q * c, K * c
 
 
 def batch_task(job):
@@ -504,7 +512,7 @@ def run(ctx):
             f"and m ∈ {B['ms']}",
             "expected_error(Q, K, m, estimator, projection).mean",
             f"max |z| = {worst:.2f}; measured/predicted in "
-            f"[{min(b[0].min() / b[2].min() for b in batch.values()):.3g}, "
+            f"[{min((b[0] / b[2]).min() for b in batch.values()):.3g}, "
             f"{max((b[0] / b[2]).max() for b in batch.values()):.3g}]",
             crit,
             ok,
@@ -711,7 +719,8 @@ def run(ctx):
         + (", ".join(str(s) for s in skipped[:12]) + (" …" if len(skipped) > 12 else "") or "none")
         + ". The z = 16 rows of §4.5 rely on the exact formula alone (beyond.md §4.4).",
         f"Batch: d={B['d']}, L={B['L']} queries and keys, per-dimension scales "
-        "exp(N(0, 0.5²)) on queries and their inverses on keys, ×0.3/d^{1/4}; "
+        "exp(N(0, 0.5²)) on queries and their inverses on keys, then both rescaled so that "
+        f"max |q+k|² = {BATCH_MAX_Z}; "
         f"|q+k|² from {zb.min():.2f} to {zb.max():.2f} (mean {zb.mean():.2f}).",
     ]
     C.write_csv(ctx.path(f"{NAME}.csv"), rows)
