@@ -292,8 +292,7 @@ def test_expected_error_per_pair_and_summaries():
     Q, K = qk_data()
     err = expected_error(Q, K, 16, estimator="optimal", projection="simplex")
     assert isinstance(err, ExpectedError)
-    u, v = Q * np.sqrt(1.0), K
-    z = ((u[:, None] + v[None]) ** 2).sum(-1)
+    z = ((Q[:, None] + K[None]) ** 2).sum(-1)  # softmax kernel, gamma = 1: u = q, v = k
     direct = coupled_relative_mse(z, D, 16, a=err.gerf_a, coupling="simplex")
     assert_allclose(err.per_pair, direct, rtol=1e-10)
     assert err.mean == pytest.approx(direct.mean(), rel=1e-10)
