@@ -43,7 +43,7 @@ because ``B² = 1 - 4A``, every ``A`` cancels:
 direct χ_d × χ_d quadrature of §4.4 with ``Ω_d`` through ``scipy.special.ive``, kept as
 ``method="quadrature"``, agrees with it). All terms are positive, so the sum is evaluated in
 log space without cancellation; the angular moments use Gauss–Legendre quadrature.
-The pair covariance of the *hyperbolic* estimator (``Λ cosh(ω·z)``, antithetic ``±ω``) is
+The pair covariance of the *hyperbolic* estimator (``Λ cosh(ω·(u+v))``, antithetic ``±ω``) is
 ``(Cov(c) + Cov(-c))/2`` and its one-projection relVar is ``cosh z - 1`` (Lemma 2).
 """
 
