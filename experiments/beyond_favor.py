@@ -154,14 +154,6 @@ def stacked(coupling, n_groups, G, d, rng):
     return np.concatenate([SAMPLERS[coupling](G, d, rng) for _ in range(n_groups)])
 
 
-def group_products(fmap, X, Y, n_groups, G):
-    """Per-projection products, scaled so a group's estimate is their mean: (n_x, n_y, R, G)."""
-    halves = 2 if fmap.estimator == "hyperbolic" else 1
-    Fx = fmap.transform(X, side="query").reshape(len(X), halves, n_groups, G)
-    Fy = fmap.transform(Y, side="key").reshape(len(Y), halves, n_groups, G)
-    return n_groups * G * np.einsum("ihgk,jhgk->ijgk", Fx, Fy)
-
-
 def log_moment(j, z, d, a):
     """log E[T^j] of one GERF projection's estimate T/K (E[T] = 1), ω ~ N(0, I)."""
     return (
