@@ -326,8 +326,9 @@ def smreg_kernel(x, y):
     ``SMREG(x, y) = Λ 0F1(; d/2; d|z|²/4)
     = Λ Γ(d/2) (sqrt(d)|z|/2)^{1-d/2} I_{d/2-1}(sqrt(d)|z|)``,
 
-    evaluated with ``scipy.special.hyp0f1`` for small arguments and the exponentially
-    scaled Bessel function ``ive`` in log space otherwise (no overflow before SM itself).
+    evaluated with ``scipy.special.hyp0f1`` where it is finite and otherwise with the
+    exponentially scaled Bessel function ``ive`` in log space (hyp0f1 overflows when
+    ``sqrt(d)|z|`` is large against ``d``; ``ive`` underflows when ``d`` is large against it).
 
     Parameters
     ----------
@@ -351,14 +352,18 @@ def smreg_kernel(x, y):
     log_lam = -0.5 * (_sq(x) + _sq(y))
     t = np.sqrt(d * _sq(x + y))  # sqrt(d) |z|
     nu = 0.5 * d - 1.0
-    small = t < 1.0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # Log form: log Γ(d/2) + (1 - d/2) log(t/2) + log ive(ν, t) + t.
-        t_big = np.where(small, 1.0, t)
-        log_big = special.gammaln(0.5 * d) - nu * np.log(0.5 * t_big)
-        log_big = log_big + np.log(special.ive(nu, t_big)) + t_big
-    log_small = np.log(special.hyp0f1(0.5 * d, 0.25 * t**2))
-    return np.exp(log_lam + np.where(small, log_small, log_big))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        # hyp0f1 is accurate until it overflows (t large against d) ...
+        log_h = np.log(special.hyp0f1(0.5 * d, 0.25 * t**2))
+        # ... and the log form Γ(d/2) (t/2)^{1-d/2} e^t ive(ν, t) until ive underflows
+        # (d large against t), so one of the two is finite.
+        t_pos = np.where(t > 0, t, 1.0)
+        log_i = special.gammaln(0.5 * d) - nu * np.log(0.5 * t_pos)
+        log_i = log_i + np.log(special.ive(nu, t_pos)) + t_pos
+    ok_h = np.isfinite(log_h)
+    if not np.all(ok_h | np.isfinite(log_i)):
+        raise FloatingPointError("SMREG is not representable for these inputs (|x + y| too large).")
+    return np.exp(log_lam + np.where(ok_h, log_h, log_i))
 
 
 def smreg_bounds(d):

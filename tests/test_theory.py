@@ -262,3 +262,16 @@ def test_fig2_ratio_against_monte_carlo(angle, length):
     log_r = np.log(mse["trig"][0] / mse["positive"][0])
     se = np.hypot(mse["trig"][1], mse["positive"][1])  # delta method on the log ratio
     assert abs(log_r - np.log(theory.mse_ratio(angle, length))) / se < Z_MAX
+
+
+@pytest.mark.parametrize("d", [2, 16, 1024, 4096])
+@pytest.mark.parametrize("z_norm", [1e-6, 0.3, 2.0, 30.0])
+def test_smreg_kernel_stable_for_large_d_and_large_z(d, z_norm):
+    # Both evaluation paths (hyp0f1, log-ive) must agree with F.3's series where it converges.
+    z = np.zeros(d)
+    z[0] = z_norm / 2
+    ratio = theory.smreg_kernel(z, z) / theory.softmax_kernel(z, z)
+    w = 0.5 * z_norm**2
+    if w < 50:
+        np.testing.assert_allclose(ratio, _smreg_series(w, d, n_terms=400), rtol=1e-9)
+    assert 0 < ratio <= 1
