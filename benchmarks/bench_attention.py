@@ -213,8 +213,10 @@ def first_call():
                 env=env,
                 capture_output=True,
                 text=True,
-                check=True,
+                check=False,
             )
+            if res.returncode:
+                raise RuntimeError(f"first-call subprocess failed:\n{res.stderr}")
             imp, first, second = map(float, res.stdout.split())
             out[label] = {"import_s": imp, "first_calls_s": first, "second_calls_s": second}
     return out
