@@ -22,6 +22,7 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from favorkit import sampling
+from favorkit._beyond_theory import optimal_gerf_a
 from favorkit._kernels.feature_maps import (
     cos_offset_rows_inplace,
     cos_sin_rows,
@@ -332,7 +333,8 @@ class PositiveRandomFeatures(_RandomFeatures):
             c2 = self._input_scale_sq()
             if self.estimator == "saderf":
                 self.query_scale_ = _saderf_scale(X, Y)
-            self.gerf_a_ = _optimal_gerf_a(_mean_pair_sq_norm(X, Y, self.query_scale_) * c2, d)
+            phi = _mean_pair_sq_norm(X, Y, self.query_scale_) * c2
+            self.gerf_a_ = float(optimal_gerf_a(phi, d))
         return self
 
     def transform(self, X, *, side="query"):
@@ -466,17 +468,6 @@ def _mean_pair_sq_norm(X, Y, psi):
     ex = _column_sq_sums(X) / X.shape[0]
     ey = _column_sq_sums(Y) / Y.shape[0]
     return float(ex @ psi**2 + ey @ psi**-2 + 2.0 * x_bar @ y_bar)
-
-
-def _optimal_gerf_a(phi, d):
-    """The variance-optimal GERF parameter A* <= 0 for mean |u + v|² = φ (beyond.md §2.3).
-
-    ρ* = 2d / (sqrt((2φ + d)² + 8dφ) + 2φ + d) (the cancellation-free root of
-    2φρ² + (2φ + d)ρ - d = 0) and A* = (1 - 1/ρ*)/8; ρ* = 1 (A* = 0, FAVOR+) at φ = 0.
-    """
-    phi = max(phi, 0.0)
-    rho = 2.0 * d / (np.sqrt((2.0 * phi + d) ** 2 + 8.0 * d * phi) + 2.0 * phi + d)
-    return (1.0 - 1.0 / rho) / 8.0
 
 
 class OrthogonalRFF(_RandomFeatures):

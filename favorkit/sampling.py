@@ -311,7 +311,8 @@ def draw(projection, n_components, n_features, random_state=None):
     ----------
     projection : str or array-like of shape (n_components, n_features)
         One of ``"iid"`` (alias ``"gaussian"``), ``"orthogonal"``, ``"structured"``,
-        ``"qmc"``, ``"simplex"``, or a user-supplied matrix, which is validated and returned as float64.
+        ``"qmc"``, ``"simplex"``, or a user-supplied matrix, which is validated and
+        returned as float64.
     n_components, n_features : int
         The shape asked for.
     random_state : None, int, RandomState or Generator

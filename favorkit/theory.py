@@ -29,13 +29,34 @@ from __future__ import annotations
 import numpy as np
 from scipy import optimize, special
 
+# The closed forms of the later estimators (FAVOR++, simplex coupling, SADERF) and the
+# error diagnostics live in their own module; they are part of this public namespace.
+from favorkit._beyond_theory import (
+    ExpectedError,
+    coupled_relative_mse,
+    expected_error,
+    features_needed,
+    gerf_relative_variance,
+    log_sphere_mgf,
+    optimal_gerf_a,
+    pair_covariance,
+)
+
 __all__ = [
+    "ExpectedError",
+    "coupled_relative_mse",
     "crossover_angle",
+    "expected_error",
+    "features_needed",
+    "gerf_relative_variance",
+    "log_sphere_mgf",
     "mse_hyperbolic",
     "mse_positive",
     "mse_ratio",
     "mse_trig",
+    "optimal_gerf_a",
     "orthogonal_mse_bound",
+    "pair_covariance",
     "smreg_bounds",
     "smreg_kernel",
     "softmax_kernel",

@@ -9,10 +9,9 @@ positive/GERF estimators (beyond.md §2.6, §4.2), so the z-scores are conservat
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
-from scipy.optimize import minimize_scalar
 
 from favorkit import PositiveRandomFeatures, sampling
-from favorkit.features import _optimal_gerf_a
+from favorkit.theory import optimal_gerf_a
 
 D, M, N_GROUPS = 8, 8, 20000
 
@@ -66,33 +65,12 @@ def test_unbiased_with_every_coupling(estimator, projection, pair):
     assert abs(est.mean() - np.exp(x @ y)) / se < 4
 
 
-@pytest.mark.parametrize("d", [1, 8, 64])
-@pytest.mark.parametrize("phi", [0.0, 0.3, 4.0, 100.0])
-def test_closed_form_a_star_minimises_the_variance(d, phi):
-    """A* = (1 - 1/ρ*)/8 against a numerical minimisation of log E[f1² f2²] (§2.3)."""
-
-    def log_second_moment(a):
-        return d / 2 * np.log((1 - 4 * a) ** 2 / (1 - 8 * a)) + phi / (1 - 8 * a)
-
-    numeric = minimize_scalar(
-        log_second_moment, bounds=(-50, 0.124), method="bounded", options={"xatol": 1e-12}
-    ).x
-    assert_allclose(_optimal_gerf_a(phi, d), numeric, atol=1e-6)
-    assert _optimal_gerf_a(phi, d) <= 0.0
-
-
-def test_a_star_reference_values():
-    """beyond.md §2.3 table: A* depends only on φ/d."""
-    for d, phi, a in [(16, 4, -0.0976), (16, 16, -0.3202), (64, 36, -0.1955), (64, 100, -0.4724)]:
-        assert_allclose(_optimal_gerf_a(phi, d), a, atol=5e-5)
-
-
 def test_optimal_fits_phi_from_data():
     rng = np.random.default_rng(0)
     Q, K = rng.normal(size=(50, 4)), rng.normal(size=(40, 4)) + 0.5
     fmap = PositiveRandomFeatures(8, estimator="optimal", gamma=0.3).fit(Q, keys=K)
     phi = 0.3 * np.mean([np.sum((q + k) ** 2) for q in Q for k in K])  # O(n²) definition
-    assert_allclose(fmap.gerf_a_, _optimal_gerf_a(phi, 4), rtol=1e-12)
+    assert_allclose(fmap.gerf_a_, optimal_gerf_a(phi, 4), rtol=1e-12)
 
 
 def test_saderf_with_equal_statistics_is_oprf():
