@@ -28,6 +28,7 @@ EXPERIMENTS = [
     "attention_error",
     "uniform_convergence",
     "official_pitfalls",
+    "beyond_favor",
 ]
 
 
