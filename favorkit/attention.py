@@ -44,10 +44,14 @@ from favorkit._validation import (
     validate_data,
 )
 from favorkit.features import NumericalWarning
+from favorkit.theory import optimal_gerf_a
 
 __all__ = ["FavorAttention", "favor_attention", "softmax_attention"]
 
-ESTIMATORS = ("positive", "hyperbolic", "trig")
+ESTIMATORS = ("positive", "hyperbolic", "trig", "optimal", "saderf")
+# Generalized exponential (GERF) estimators whose parameters A (and Ψ) are fitted from the
+# statistics of the queries and keys (spec/beyond.md §2.3, §3.3).
+GERF = ("optimal", "saderf")
 GENERALIZED = ("relu", "elu", "exp", "abs")
 
 # Rows per task (one task = one block of one sequence, on one thread with one BLAS thread).
@@ -70,6 +74,8 @@ KEY_SUBBLOCK = 1024
 _THRESH = {np.dtype(np.float32): 20.0, np.dtype(np.float64): 300.0}
 # Logit entries per block of the exact reference (16 MiB of float64).
 _EXACT_BLOCK_ELEMS = 1 << 21
+# Rows per task of the FAVOR++/SADERF statistics pass (column sums and squares, float64).
+STATS_ROWS = 2048
 
 
 # --------------------------------------------------------------------------------------
@@ -265,10 +271,47 @@ class _FeatureMap:
             if projection is None
             else np.ascontiguousarray((projection * self.root).T, dtype=dtype)
         )
+        self.projection = projection
+        self.tables = None  # GERF: per-sequence tables, see set_gerf
 
-    def __call__(self, X, *, keys):
-        """Features of rows X: ``(F, s)``, ``s`` float64 for keys (None for queries)."""
+    def set_gerf(self, params):
+        """GERF tables for each sequence from its ``(A, Ψ)`` (``Ψ`` = ones for FAVOR++).
+
+        The log-feature of ``x`` (query ``x̃ = sqrt(scale) Ψ x``, key ``x̃ = sqrt(scale)
+        Ψ⁻¹ x``) is ``A|ω|² + B ω·x̃ - |x̃|²/2 + (d/4) log(1 - 4A) - ½ log m`` with
+        ``B = sqrt(1 - 4A)`` (beyond.md §2.1, §3.3). The last two terms are the same for
+        every query and key of a sequence, so they cancel in its normalization and are
+        dropped. ``A|ω|²`` is folded into the GEMM as one extra input column of ones, so the
+        GEMM's output goes straight to the row maximum and ``exp`` as for FAVOR+. Sequences
+        with equal parameters share one table (causal mode: one for all).
+        """
+        W = self.projection
+        w_sq = np.einsum("ij,ij->i", W, W)
+        d = W.shape[1]
+        cache = {}
+        self.tables = []
+        for a, psi in params:
+            key = (float(a), psi.tobytes())
+            if key not in cache:
+                b = math.sqrt(1.0 - 4.0 * a)
+                sides = []
+                for col in (psi, 1.0 / psi):  # queries x Ψ, keys x Ψ⁻¹
+                    WT = np.empty((d + 1, W.shape[0]), dtype=self.dtype)
+                    WT[:d] = (W * (self.root * b * col)).T
+                    WT[d] = a * w_sq
+                    sides.append((WT, (self.root * col).astype(self.dtype)))
+                cache[key] = sides
+            self.tables.append(cache[key])
+
+    def __call__(self, X, *, keys, seq=0):
+        """Features of rows X: ``(F, s)``, ``s`` float64 for keys (None for queries).
+
+        ``seq`` is the sequence index (flattened batch and head axes); only the GERF
+        estimators ("optimal", "saderf") use it, to pick that sequence's parameters.
+        """
         dtype = self.dtype
+        if self.tables is not None:
+            return self._gerf(X, keys, seq)
         with np.errstate(over="ignore", invalid="ignore"):  # checked below, with the fix
             Z = X @ self.WT if self.WT is not None else X * dtype.type(self.root)
         n = X.shape[0]
@@ -304,6 +347,30 @@ class _FeatureMap:
             )
         return F, s
 
+    def _gerf(self, X, keys, seq):
+        WT, col = self.tables[seq][1 if keys else 0]
+        n, d = X.shape
+        Xa = np.empty((n, d + 1), dtype=self.dtype)
+        Xa[:, :d] = X
+        Xa[:, d] = 1.0
+        with np.errstate(over="ignore", invalid="ignore"):  # checked below, with the fix
+            Z = Xa @ WT
+        # A <= 0: the features are bounded, but W·x̃ itself can still overflow.
+        zmax = Z.max(axis=1)
+        self._check_overflow(zmax)
+        Z -= zmax[:, None]
+        np.exp(Z, out=Z)
+        if not keys:
+            return Z, None
+        Xt = X * col  # x̃ = sqrt(scale) Ψ⁻¹ x, for the -|x̃|²/2 of the key's own constant
+        s = zmax - 0.5 * np.einsum("ij,ij->i", Xt, Xt, dtype=np.float64)
+        if not np.isfinite(s).all():
+            raise ValueError(
+                "A key's squared norm overflows float64; scale the keys down (or pass a "
+                "smaller scale)."
+            )
+        return Z, s
+
     def _check_overflow(self, zmax):
         if not np.isfinite(zmax).all():
             raise ValueError(
@@ -338,6 +405,79 @@ class _FeatureMap:
                 "NaN); scale the inputs down (or pass a smaller scale)."
             )
         return np.ascontiguousarray(F)
+
+
+def _column_moments(X):
+    """Column sums and sums of squares of X (float64), and its row count."""
+    return (
+        X.sum(axis=0, dtype=np.float64),
+        np.einsum("ij,ij->j", X, X, dtype=np.float64),
+        X.shape[0],
+    )
+
+
+def _sequence_moments(Qf, Kf, mask):
+    """Per-sequence column moments of the queries and the *unpadded* keys.
+
+    Returns ``(sum_q, sq_q, n_q, sum_k, sq_k, n_k)`` with arrays of shape (N, d) and (N,).
+    O(L d) per sequence, in fixed row blocks on the thread pool; the block partials are added
+    in block order, so the result does not depend on the thread count. Also checks that Q
+    and K are finite (NaN statistics would give NaN parameters before the usual check).
+    """
+    n_seq, Lq, d = Qf.shape
+    Lk = Kf.shape[1]
+    nbq, nbk = -(-Lq // STATS_ROWS), -(-Lk // STATS_ROWS)
+    nb = nbq + nbk
+    sums = np.zeros((n_seq, nb, 2, d))
+    counts = np.zeros((n_seq, nb))
+
+    def task(rows):
+        n, b = divmod(rows.start, nb)
+        if b < nbq:
+            X = Qf[n, b * STATS_ROWS : (b + 1) * STATS_ROWS]
+            _check_finite(X, "Q")
+        else:
+            lo = (b - nbq) * STATS_ROWS
+            X = Kf[n, lo : lo + STATS_ROWS]
+            _check_finite(X, "K")
+            if mask is not None:
+                X = X[~mask[n, lo : lo + STATS_ROWS]]  # statistics of the visible keys only
+        sums[n, b, 0], sums[n, b, 1], counts[n, b] = _column_moments(X)
+
+    map_row_blocks(task, n_seq * nb, block_rows=1)
+    q, k = sums[:, :nbq].sum(axis=1), sums[:, nbq:].sum(axis=1)
+    return q[:, 0], q[:, 1], counts[:, :nbq].sum(axis=1), k[:, 0], k[:, 1], counts[:, nbq:].sum(1)
+
+
+def _gerf_parameters(moments, scale, d, estimator):
+    """``(A, Ψ)`` per sequence from column moments of its (unscaled) queries and keys.
+
+    ``Ψ_l = (E y_l² / E x_l²)^{1/4}`` for SADERF (beyond.md §3.3), ones for FAVOR++; then
+    ``φ = mean_{i,j} |Ψx̃_i + Ψ⁻¹ỹ_j|² = Σ_l (Ψ_l² E x̃_l² + Ψ_l⁻² E ỹ_l²) + 2 x̃̄·ỹ̄`` with
+    ``x̃ = sqrt(scale) x`` (the homogeneity heuristic, beyond.md §2.3; O(d) from the
+    moments) and ``A = optimal_gerf_a(φ, d)``. The same formulas as
+    :class:`~favorkit.features.PositiveRandomFeatures` ``fit`` (``_saderf_scale``,
+    ``_mean_pair_sq_norm``), from moments instead of rows; a test checks they agree. A
+    sequence without queries or visible keys gets ``A = 0``, ``Ψ = 1`` (FAVOR+).
+    """
+    sum_q, sq_q, n_q, sum_k, sq_k, n_k = moments
+    params = []
+    for n in range(len(n_q)):
+        if n_q[n] == 0 or n_k[n] == 0:
+            params.append((0.0, np.ones(d)))
+            continue
+        ex, ey = scale * sq_q[n] / n_q[n], scale * sq_k[n] / n_k[n]
+        if estimator == "saderf":
+            # The relative epsilon of features._saderf_scale: a coordinate that is zero on
+            # one side only gets the finite limit of the formula.
+            eps = 1e-12 * max(ex.sum() + ey.sum(), np.finfo(np.float64).tiny) / d
+            psi = ((ey + eps) / (ex + eps)) ** 0.25
+        else:
+            psi = np.ones(d)
+        mean_dot = scale * (sum_q[n] / n_q[n]) @ (sum_k[n] / n_k[n])
+        phi = float(ex @ psi**2 + ey @ psi**-2 + 2.0 * mean_dot)
+        params.append((float(optimal_gerf_a(phi, d)), psi))
+    return params
 
 
 def _mask_keys(F, s, mask_rows):
@@ -390,14 +530,14 @@ def _favor(Qf, Kf, Vf, mask, fmap, causal):
     def query_block(n, lo, hi):
         q = Qf[n, lo:hi]
         _check_finite(q, "Q")
-        return fmap(q, keys=False)[0]
+        return fmap(q, keys=False, seq=n)[0]
 
     def key_block(n, lo, hi):
         k = Kf[n, lo:hi]
         v = Vf[n, lo:hi]
         _check_finite(k, "K")
         _check_finite(v, "V")
-        fk, s = fmap(k, keys=True)
+        fk, s = fmap(k, keys=True, seq=n)
         _mask_keys(fk, s, None if mask is None else mask[n, lo:hi])
         return fk, s, _ones_column(v, dtype)
 
@@ -453,7 +593,7 @@ def _favor(Qf, Kf, Vf, mask, fmap, causal):
         k, v = Kf[n, lo:hi], Vf[n, lo:hi]
         _check_finite(k, "K")
         _check_finite(v, "V")
-        fk, s = fmap(k, keys=True)
+        fk, s = fmap(k, keys=True, seq=n)
         _mask_keys(fk, s, None if mask is None else mask[n, lo:hi])
         R = float(s.max())
         state = np.zeros((fk.shape[1], e))
@@ -544,14 +684,57 @@ def _warn_nonpositive(n_bad, n_rows):
         )
 
 
+_CAUSAL_GERF = (
+    "estimator={estimator!r} with causal=True needs A (and Ψ) fixed in advance: fitted from "
+    "the whole sequence they would let future queries and keys change earlier outputs. Use "
+    "FavorAttention(estimator={estimator!r}, causal=True).fit(X) (or .fit(X, keys=K)), which "
+    "fits them once from the data passed to fit."
+)
+
+
+def _setup_gerf(fmap, Qf, Kf, mask, causal, fitted):
+    """Give a FAVOR++/SADERF map its per-sequence parameters (no-op for other maps).
+
+    Bidirectional: ``(A, Ψ)`` from each sequence's (each head's) own queries and unpadded
+    keys, per call, as the official ``expplus`` does; every output of a sequence sees all of
+    its keys anyway. Causal: statistics over the sequence would make A depend on future
+    positions, so every earlier output would change when a future key does (the leak
+    DESIGN.md forbids); the parameters ``fitted`` (from ``FavorAttention.fit``) are used
+    instead, and without them this raises.
+    """
+    if fmap.kernel != "softmax" or fmap.estimator not in GERF:
+        return
+    n_seq, _, d = Qf.shape
+    if causal:
+        if fitted is None:
+            raise ValueError(_CAUSAL_GERF.format(estimator=fmap.estimator))
+        params = [fitted] * n_seq
+    else:
+        moments = _sequence_moments(Qf, Kf, mask)
+        params = _gerf_parameters(moments, fmap.scale, d, fmap.estimator)
+    fmap.set_gerf(params)
+
+
 def _attend(
-    Q, K, V, projection, *, kernel, estimator, causal, scale, key_padding_mask, kernel_epsilon
+    Q,
+    K,
+    V,
+    projection,
+    *,
+    kernel,
+    estimator,
+    causal,
+    scale,
+    key_padding_mask,
+    kernel_epsilon,
+    fitted_gerf=None,
 ):
     Qf, Kf, Vf, mask, batch, dtype = _prepare(Q, K, V, key_padding_mask, causal)
     d = Qf.shape[2]
     fmap = _FeatureMap(
         projection, kernel, estimator, _resolve_scale(scale, d), kernel_epsilon, dtype
     )
+    _setup_gerf(fmap, Qf, Kf, mask, causal, fitted_gerf)
     with np.errstate(under="ignore"):
         out, n_bad = _favor(Qf, Kf, Vf, mask, fmap, causal)
     _warn_nonpositive(n_bad, Qf.shape[0] * Qf.shape[1])
@@ -584,9 +767,18 @@ def favor_attention(
 
     Estimators of the softmax kernel ``exp(q̃·k̃)`` (``kernel="softmax"``):
     ``"positive"`` (FAVOR+, Lemma 1: ``exp(ω·x - |x|²/2)``), ``"hyperbolic"`` (the
-    antithetic pair ``exp(±ω·x)``, 2m features, lower variance) and ``"trig"`` (the paper's
+    antithetic pair ``exp(±ω·x)``, 2m features, lower variance), ``"trig"`` (the paper's
     unstable ``[cos, sin]`` baseline; rows whose normalizer is not positive are set to 0
-    and counted in a :class:`~favorkit.features.NumericalWarning`). Generalized kernels
+    and counted in a :class:`~favorkit.features.NumericalWarning`), ``"optimal"`` (FAVOR++,
+    optimal positive random features: ``exp(A|ω|² + Bω·x - |x|²/2)`` with ``B = sqrt(1 -
+    4A)`` and ``A <= 0`` minimizing the variance for this sequence's queries and keys;
+    ``spec/beyond.md`` §2) and ``"saderf"`` (queries times a diagonal ``Ψ``, keys times
+    ``Ψ⁻¹``, then FAVOR++; §3.3). FAVOR++ and SADERF fit ``A`` (and ``Ψ``) per call, per
+    sequence and head, from that head's scaled queries and unpadded keys (O(L d), as the
+    official ``expplus``); they are bidirectional only here, because statistics over the
+    whole sequence would let future keys change earlier outputs: causal FAVOR++/SADERF
+    takes its parameters from :meth:`FavorAttention.fit`. Their features are positive and
+    bounded and go through the same leak-free stabilization as ``"positive"``. Generalized kernels
     (spec a.10): ``"relu"``, ``"elu"`` (elu + 1), ``"exp"``, ``"abs"`` or a callable ``f``
     give ``φ(x) = f(W x̃) + kernel_epsilon`` (or ``f(x̃) + kernel_epsilon`` with
     ``projection=None``); they are not softmax approximations.
@@ -602,8 +794,9 @@ def favor_attention(
     n_components : int, default=256
         Number of random projections m (ignored when ``projection`` is an array).
     kernel : {"softmax", "relu", "elu", "exp", "abs"} or callable, default="softmax"
-    estimator : {"positive", "hyperbolic", "trig"}, default="positive"
-        Only for ``kernel="softmax"``.
+    estimator : {"positive", "hyperbolic", "trig", "optimal", "saderf"}, default="positive"
+        Only for ``kernel="softmax"``. ``"optimal"`` and ``"saderf"`` need
+        ``causal=False`` (see above).
     projection : str, array of shape (m, d) or None, default="orthogonal"
         A sampler name from :mod:`favorkit.sampling`, a fixed matrix, or None (generalized
         kernels only: no projection).
@@ -639,6 +832,9 @@ def favor_attention(
     >>> approx = favor_attention(Q, K, V, n_components=512, random_state=0)
     >>> exact = softmax_attention(Q, K, V)
     >>> float(np.abs(approx - exact).max()) < 0.05
+    True
+    >>> plus2 = favor_attention(Q, K, V, n_components=512, estimator="optimal", random_state=0)
+    >>> float(np.abs(plus2 - exact).max()) < 0.05
     True
     """
     _check_kernel(kernel, estimator)
@@ -688,11 +884,14 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     kernel : {"softmax", "relu", "elu", "exp", "abs"} or callable, default="softmax"
         ``"softmax"`` estimates ``exp(scale q·k)``; the others are the paper's generalized
         attention ``φ(x) = f(W x̃) + kernel_epsilon`` (spec a.10).
-    estimator : {"positive", "hyperbolic", "trig"}, default="positive"
-        Softmax-kernel estimator: FAVOR+ (default), its antithetic (lower-variance) pair, or
-        the unstable trigonometric baseline.
-    projection : {"orthogonal", "iid", "gaussian", "structured", "qmc"}, array of shape \
-            (n_components, d) or None, default="orthogonal"
+    estimator : {"positive", "hyperbolic", "trig", "optimal", "saderf"}, default="positive"
+        Softmax-kernel estimator: FAVOR+ (default), its antithetic (lower-variance) pair,
+        the unstable trigonometric baseline, FAVOR++ (``"optimal"``) or SADERF. FAVOR++ and
+        SADERF fit their parameters per call, per sequence and head, in bidirectional
+        attention, and use ``gerf_a_`` / ``query_scale_`` (fitted in :meth:`fit`) in causal
+        attention, where per-call statistics would leak the future.
+    projection : {"orthogonal", "iid", "gaussian", "structured", "qmc", "simplex"}, array \
+            of shape (n_components, d) or None, default="orthogonal"
         How the rows ω_i are drawn (:mod:`favorkit.sampling`); None means no projection
         (generalized kernels only).
     causal : bool, default=False
@@ -711,6 +910,12 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         The drawn rows ω_i (float64, before the ``sqrt(scale)``).
     scale_ : float
         The logit scale in use.
+    gerf_a_ : float
+        FAVOR++/SADERF parameter ``A <= 0`` fitted in :meth:`fit` from the data passed there;
+        used by causal attention only (0, i.e. FAVOR+, for the other estimators).
+    query_scale_ : ndarray of shape (n_features_in_,)
+        SADERF's ``Ψ`` fitted in :meth:`fit` (queries times Ψ, keys times Ψ⁻¹); used by
+        causal attention only (ones for the other estimators).
     n_features_in_ : int
         The dimension d seen in ``fit``.
     feature_names_in_ : ndarray of shape (n_features_in_,)
@@ -784,19 +989,41 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return X
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
-        """Draw the projection; only ``d = X.shape[-1]`` is used.
+    def fit(self, X, y=None, *, keys=None):
+        """Draw the projection and, for causal FAVOR++/SADERF, fit ``A`` (and ``Ψ``).
+
+        For ``"positive"``, ``"hyperbolic"``, ``"trig"`` and the generalized kernels only
+        ``d = X.shape[-1]`` is used. For ``"optimal"`` and ``"saderf"`` the rows of X (all
+        leading axes pooled) are the queries and those of ``keys`` (default X) the keys from
+        which ``gerf_a_`` and ``query_scale_`` are fitted (the formulas of
+        :func:`favor_attention`); causal attention uses them, because per-call statistics
+        over a sequence would let future positions change earlier outputs. Bidirectional
+        attention ignores them and fits its own per call, per sequence and head.
 
         Parameters
         ----------
         X : array-like of shape (..., L, d)
-            Any queries or keys (only the last dimension is read).
+            Queries (or self-attention inputs): representative data for causal
+            FAVOR++/SADERF; otherwise only the last dimension is read.
         y : None
             Ignored.
+        keys : array-like of shape (..., L_k, d), default=None
+            Representative keys for causal FAVOR++/SADERF; None means X.
 
         Returns
         -------
         self : FavorAttention
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from favorkit import FavorAttention
+        >>> X = np.random.default_rng(0).normal(size=(2, 128, 16))
+        >>> att = FavorAttention(64, estimator="optimal", causal=True, random_state=0).fit(X)
+        >>> bool(att.gerf_a_ < 0)
+        True
+        >>> att.attend(X, X, X).shape
+        (2, 128, 16)
         """
         X = self._validate_X(X, reset=True)
         d = X.shape[-1]
@@ -807,6 +1034,16 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             )
         self._rng = sampling._rng(self.random_state)
         self.scale_ = _resolve_scale(self.scale, d)
+        self.gerf_a_, self.query_scale_ = 0.0, np.ones(d)
+        if self.kernel == "softmax" and self.estimator in GERF:
+            Y = X if keys is None else self._validate_X(keys, reset=False)
+            Xr = np.asarray(X, dtype=np.float64).reshape(-1, d)
+            Yr = np.asarray(Y, dtype=np.float64).reshape(-1, d)
+            _check_finite(Xr, "X")
+            _check_finite(Yr, "keys")
+            moments = [np.array(v)[None] for v in (*_column_moments(Xr), *_column_moments(Yr))]
+            ((a, psi),) = _gerf_parameters(moments, self.scale_, d, self.estimator)
+            self.gerf_a_, self.query_scale_ = a, psi
         self._draw()
         return self
 
@@ -871,7 +1108,11 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             scale=self.scale_,
             key_padding_mask=key_padding_mask,
             kernel_epsilon=self.kernel_epsilon,
+            fitted_gerf=self._fitted_gerf(),
         )
+
+    def _fitted_gerf(self):
+        return (float(self.gerf_a_), np.asarray(self.query_scale_, dtype=np.float64))
 
     def _check_d(self, Q):
         d = np.shape(Q)[-1] if np.ndim(Q) else None
@@ -927,6 +1168,7 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             self.kernel_epsilon,
             np.dtype(np.float64),
         )
+        _setup_gerf(fmap, Qf, Kf, mask, causal, self._fitted_gerf())
         n_seq, Lq, _ = Qf.shape
         Lk = Kf.shape[1]
         A = np.zeros((n_seq, Lq, Lk))
@@ -934,8 +1176,8 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         for n in range(n_seq):
             _check_finite(Qf[n], "Q")
             _check_finite(Kf[n], "K")
-            fq = fmap(Qf[n], keys=False)[0]
-            fk, s = fmap(Kf[n], keys=True)
+            fq = fmap(Qf[n], keys=False, seq=n)[0]
+            fk, s = fmap(Kf[n], keys=True, seq=n)
             _mask_keys(fk, s, None if mask is None else mask[n])
             if not np.isfinite(s).any():
                 continue

@@ -73,9 +73,20 @@ def merge_normalize(num, ref, cross, r_cross):
     return out, int((seen & ~ok).sum())
 
 
-def favor_features(X, W, scale, estimator="positive"):
-    """The paper's feature maps at true scale (spec a.3, a.4), float64, no stabilizer."""
+def favor_features(X, W, scale, estimator="positive", a=0.0, psi=None):
+    """The paper's feature maps at true scale (spec a.3, a.4), float64, no stabilizer.
+
+    ``estimator="gerf"``: the generalized exponential map of FAVOR++/SADERF (beyond.md §2.1)
+    ``D exp(A|ω|² + B ω·x̃ - |x̃|²/2) / sqrt(m)``, ``B = sqrt(1 - 4A)``, ``D = (1 - 4A)^{d/4}``,
+    with ``x̃ = sqrt(scale) psi x`` (pass ``1/Ψ`` for keys).
+    """
     X = np.asarray(X, dtype=np.float64) * np.sqrt(scale)
+    if estimator == "gerf":
+        Xt = X * (1.0 if psi is None else psi)
+        m, d = W.shape
+        b = np.sqrt(1 - 4 * a)
+        log_f = a * (W**2).sum(axis=1) + b * Xt @ W.T - (Xt**2).sum(axis=1, keepdims=True) / 2
+        return (1 - 4 * a) ** (d / 4) * np.exp(log_f) / np.sqrt(m)
     Z = X @ W.T
     m = W.shape[0]
     sq = (X**2).sum(axis=1, keepdims=True)
