@@ -58,7 +58,7 @@ def test_smoke_run_writes_every_output(smoke):
     assert verdict(claims, UNBIASED) == "PASS"
     assert verdict(claims, MC_MATCHES) == "PASS"
     text = (d / "summary.md").read_text()
-    assert "computed from PositiveRandomFeatures directly" in text
+    assert "computed by favorkit.favor_attention" in text
 
 
 def test_qr_without_sign_fix_turns_unbiasedness_to_fail(tmp_path, monkeypatch):
