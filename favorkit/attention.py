@@ -68,9 +68,11 @@ CHUNK = 32
 # Rows of a bidirectional key block summed in the GEMM dtype before adding into the
 # float64 state (keeps float32 accumulation error at ~sqrt(1024) ulp).
 KEY_SUBBLOCK = 1024
-# Largest gap between a chunk's reference and a row's causal reference on the fast path.
-# float32 features underflow near exp(-87): a gap <= 20 keeps every key within e^-67 of
-# the row's largest visible key at full precision.
+# Largest gap between a row's causal reference (the largest key log-constant up to it) and
+# the reference carried from the previous chunks, on the causal kernel's fast path: key
+# weights relative to the carried reference are at most e^gap, so float32 sums of
+# e^20 (5e8) x m x |v| stay far from overflow (3e38); larger gaps (a new, much larger key)
+# take the exact per-row path.
 _THRESH = {np.dtype(np.float32): 20.0, np.dtype(np.float64): 300.0}
 # Logit entries per block of the exact reference (16 MiB of float64).
 _EXACT_BLOCK_ELEMS = 1 << 21

@@ -62,7 +62,7 @@ def _block_inputs(dtype, n=37, r=11, e=5, seed=0, spread=1.0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("thresh", [300.0, 0.5])  # 0.5 forces the exact-row slow path
+@pytest.mark.parametrize("thresh", [300.0, 0.5, -1.0])  # 0.5: some rows slow, -1: all
 @pytest.mark.parametrize("R0", [-np.inf, 0.7])
 def test_causal_block_matches_naive(dtype, thresh, R0):
     fq, fk, s, u, state0 = _block_inputs(dtype)
@@ -401,6 +401,44 @@ def test_no_future_leak(dtype, estimator, n_heads, blocks, request):
         rtol = 1e-5 if dtype == np.float32 else 1e-12
         assert_allclose(out[..., :t, :], base[..., :t, :], rtol=rtol, atol=rtol)
         # ... and the change is visible from t on (the test would be vacuous otherwise).
+        assert np.abs(out[..., t:, :] - base[..., t:, :]).max() > 1e-3
+
+
+@pytest.mark.filterwarnings("ignore::favorkit.features.NumericalWarning")  # trig rows
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("t", [101, 96, 80])
+@pytest.mark.parametrize("path", ["fast", "mixed", "slow"])
+@pytest.mark.parametrize("estimator", ["positive", "hyperbolic", "trig", "optimal"])
+@pytest.mark.parametrize("blocks", ["default", "small"])
+def test_causal_outputs_before_t_are_bitwise_unchanged(
+    dtype, t, path, estimator, blocks, request, monkeypatch
+):
+    """DESIGN.md: changing a future key leaves every earlier output unchanged, *exactly*.
+
+    t = 101 lies inside a chunk (32, or 16 with small blocks), t = 96 on a chunk boundary,
+    t = 80 on a block boundary with small blocks (40 rows). ``path`` sets the causal
+    kernel's fast-path gap: the default (almost every row on the fast path), 0.3 (rows
+    switch between the paths wherever a key raises the running maximum) or -1 (every row
+    on the exact per-row path).
+    """
+    if blocks == "small":
+        request.getfixturevalue("small_blocks")
+    if path != "fast":
+        monkeypatch.setitem(fa._THRESH, np.dtype(dtype), {"mixed": 0.3, "slow": -1.0}[path])
+    Q, K, V = _qkv((2, 200), d=16, seed=39, dtype=dtype)
+    att = FavorAttention(32, estimator=estimator, causal=True, random_state=0).fit(Q)
+    base = att.attend(Q, K, V)
+    w_big = att.projection_[np.argmax((att.projection_**2).sum(axis=1))]
+    for change in ("scale_keys", "aligned_keys", "values", "both"):
+        K2, V2 = K.copy(), V.copy()
+        if change in ("scale_keys", "both"):
+            K2[..., t:, :] *= 8
+        if change == "aligned_keys":  # the largest key log-constant: a new running maximum
+            K2[..., t:, :] = (w_big / np.sqrt(att.scale_)).astype(dtype)
+        if change in ("values", "both"):
+            V2[..., t:, :] += 5
+        out = att.attend(Q, K2, V2)
+        assert_array_equal(out[..., :t, :], base[..., :t, :])
         assert np.abs(out[..., t:, :] - base[..., t:, :]).max() > 1e-3
 
 

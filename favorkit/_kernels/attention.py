@@ -36,13 +36,25 @@ def causal_block(fq, fk, s, u, chunk, thresh, state, R0, num, ref):
     and on return ``exp(R) * state`` is the sum over all positions so far, with ``R`` the
     returned reference (``-inf`` while every key is padded).
 
-    Stabilization without look-ahead (DESIGN.md, "never leaks"): the state is kept in float64
-    relative to the running maximum ``R`` of ``s`` and rescaled when ``R`` grows. Inside a
-    chunk the reference of every row is the chunk's maximum ``Rc``; it is a common factor of
-    the row, so it cancels exactly, and the only way a later key in the chunk could affect
-    row ``t`` is through underflow when ``Rc`` exceeds the causal prefix maximum ``rr[t]``
-    by a lot. Rows with ``Rc - rr[t] > thresh`` are therefore recomputed against their own
-    causal reference ``rr[t]`` (a slow path that ordinary data never takes).
+    Stabilization without look-ahead, exactly (DESIGN.md: "changing a future key must leave
+    every earlier output unchanged, exactly"): every number row ``t`` reads, and every
+    choice of how to compute it, depends on positions ``<= t`` only.
+
+    * The state is kept in float64 relative to ``R``, the running maximum of ``s`` over
+      the *previous* chunks, and rescaled to the new maximum at the end of each chunk.
+    * Fast path: row ``t`` of a chunk uses ``R`` as its reference when its causal prefix
+      maximum ``rr[t]`` (keys ``<= t``) exceeds ``R`` by at most ``thresh``, so no weight
+      ``exp(s_j - R)``, ``j <= t``, can overflow. Then ``num[t]`` is row ``t`` of two GEMMs
+      (the masked intra-chunk block and ``fq . state``); a row of a GEMM's output depends on
+      that row of its left factor only, and the masked entries are exact zeros.
+    * Slow path: rows with ``rr[t] > R + thresh`` (a new, much larger key; the first chunk
+      of a sequence, where ``R = -inf``) are computed against their own ``rr[t]`` in a
+      scalar loop over keys ``<= t``. Since ``rr`` only grows, the fast rows of a chunk are
+      a prefix, and weights of keys past it are never formed (set to 0).
+
+    An earlier version referenced every row of a chunk to the chunk's maximum; that
+    cancels in exact arithmetic but let a later key of the same chunk change earlier rows
+    in the last ulp.
 
     Parameters
     ----------
@@ -52,7 +64,8 @@ def causal_block(fq, fk, s, u, chunk, thresh, state, R0, num, ref):
     chunk : int
         Chunk length C.
     thresh : float
-        Largest allowed gap ``Rc - rr[t]`` for the fast path.
+        Largest allowed ``rr[t] - R`` for the fast path (float32: a gap of 20 keeps the
+        weights below e^20, far from overflow in the float32 GEMMs).
     state : (r, e) float64, input and output.
     R0 : float
         Reference of the incoming state.
@@ -89,32 +102,40 @@ def causal_block(fq, fk, s, u, chunk, thresh, state, R0, num, ref):
                 for k in range(e):
                     num[a + t, k] = 0.0
             continue
-        prev = math.exp(R - rc)  # 0 when R = -inf
-        for j in range(c):
-            w[j] = math.exp(s[a + j] - rc)
+        # Rows [0, fast) take the fast path (a prefix: rr is non-decreasing).
+        fast = 0
+        if R > -np.inf:
+            lim = R + thresh
+            while fast < c and rr[fast] <= lim:
+                fast += 1
         g = np.dot(fq[a : a + c], fk[a : a + c].T)
-        pc = np.empty((c, c), dtype=fq.dtype)
-        for t in range(c):
-            for j in range(t + 1):
-                pc[t, j] = g[t, j] * w[j]
-            for j in range(t + 1, c):
-                pc[t, j] = 0.0
-        ic = intra[:c]
-        np.dot(pc, u[a : a + c], ic)
-        xc = inter[:c]
-        np.dot(fq[a : a + c], s32, xc)
-        for t in range(c):
-            ref[a + t] = rc
-            for k in range(e):
-                num[a + t, k] = ic[t, k] + xc[t, k] * prev
-        for t in range(c):
-            if not (rc - rr[t] <= thresh):  # also true for rr[t] = -inf
-                _exact_row(fq, s, u, g, state, R, a, t, rr[t], num, ref)
-        # Carry the state to the end of the chunk (after the slow path read the old one).
+        if fast > 0:
+            for j in range(c):
+                w[j] = math.exp(s[a + j] - R) if j < fast else 0.0
+            pc = np.empty((c, c), dtype=fq.dtype)
+            for t in range(c):
+                for j in range(t + 1):
+                    pc[t, j] = g[t, j] * w[j]
+                for j in range(t + 1, c):
+                    pc[t, j] = 0.0
+            ic = intra[:c]
+            np.dot(pc, u[a : a + c], ic)
+            xc = inter[:c]
+            np.dot(fq[a : a + c], s32, xc)
+            for t in range(fast):
+                ref[a + t] = R
+                for k in range(e):
+                    num[a + t, k] = ic[t, k] + xc[t, k]
+        for t in range(fast, c):
+            _exact_row(fq, s, u, g, state, R, a, t, rr[t], num, ref)
+        # Carry the state to the end of the chunk, relative to the new running maximum
+        # (after the slow path read the old one; later chunks may depend on this chunk).
+        prev = math.exp(R - rc)  # 0 when R = -inf
         wc = wu[:c]
         for j in range(c):
+            wj = math.exp(s[a + j] - rc)
             for k in range(e):
-                wc[j, k] = u[a + j, k] * w[j]
+                wc[j, k] = u[a + j, k] * wj
         np.dot(fk[a : a + c].T, wc, ds)
         for i in range(r):
             for k in range(e):
