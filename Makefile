@@ -30,8 +30,11 @@ $(VENV)/.bench: $(STAMP)
 	$(PY) -m pip install --quiet --no-deps performer-pytorch axial-positional-embedding local-attention hyper-connections
 	touch $@
 
+# OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE may be set on this machine to work around old
+# OpenBLAS bugs; they slow a current numpy, so the benchmarks unset them (and only them).
 bench: $(VENV)/.bench
-	$(PY) benchmarks/run_all.py
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_features.py
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_attention.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

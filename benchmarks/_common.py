@@ -23,14 +23,20 @@ from threadpoolctl import threadpool_info, threadpool_limits
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "benchmarks"
 
 
-def interleaved_medians(contenders, repeats=9, warmup=1):
-    """Median wall time of each callable, running them in turn ``repeats`` times."""
+def interleaved_medians(contenders, repeats=9, warmup=1, rest=0.15):
+    """Median wall time of each callable, running them in turn ``repeats`` times.
+
+    An untimed ``rest`` (seconds) precedes every timed call: OpenBLAS (and torch) worker
+    threads keep spinning for ~0.1 s after a call and slowed whatever ran next by up to 2x
+    on the development machine, which would charge one contender for another's threads.
+    """
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
+            time.sleep(rest)
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)

@@ -7,7 +7,10 @@ BLAS is held to one thread for the duration. Why:
 * OpenBLAS worker threads spin for ~0.1 s after each call; a parallel Numba loop started in
   that window ran ~2.2x slower on the 2-core development machine. One BLAS thread per worker
   removes the contention.
-* A block of 4096 x 256 float32 values stays in L2 between the GEMM and the exponential.
+* A block's GEMM output is exponentiated while it is still in cache. Measured for the
+  feature map at n = 100 000, d = 64, m = 256 on the 2-core development machine (2 MiB L2
+  per core): 1024 rows 41 ms, 2048 rows 36 ms, 4096 rows 36 ms in float32; 2048 rows
+  69 ms, 4096 rows 76 ms in float64. 2048 rows (2 MiB of float32 output) it is.
 * Fixed block boundaries and one BLAS thread per call make the output bit-identical for any
   thread count.
 
@@ -24,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba
 from threadpoolctl import ThreadpoolController
 
-BLOCK_ROWS = 4096
+BLOCK_ROWS = 2048
 
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None

@@ -26,6 +26,24 @@ def cos_offset_rows(z, offset, log_scale):
     return np.exp(log_scale)[:, None] * np.cos(z + offset[None, :])
 
 
+def gerf_row_terms(sq_u, sq_t, params):
+    """shift = c - sq_t/2 - gw sq_u; check: shift + A|w|²max - B|w|max sqrt(sq_t) < log_tiny."""
+    log_const, gw, a_w_sq_max, b_w_norm, log_tiny, check_all = params
+    shift = log_const - 0.5 * sq_t - gw * sq_u
+    check = (shift + a_w_sq_max - b_w_norm * np.sqrt(sq_t) < log_tiny) | bool(check_all)
+    return shift, check
+
+
+def stage_gerf_rows(x, c2, weights_t, params, n_cols):
+    """[x, shift, 1, ...] with the row terms of gerf_row_terms, norms in float64."""
+    x64 = x.astype(np.float64)
+    shift, check = gerf_row_terms(c2 * (x64**2).sum(1), (x64**2) @ weights_t, params)
+    xs = np.ones((x.shape[0], n_cols))
+    xs[:, : x.shape[1]] = x64
+    xs[:, x.shape[1]] = shift
+    return xs.astype(x.dtype), shift, check
+
+
 # --- FWHT (favorkit/_kernels/fwht.py) -------------------------------------------------------
 
 

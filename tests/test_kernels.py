@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
 
 from favorkit._kernels import feature_maps as fm
 from favorkit._kernels.fwht import fwht_rows_inplace
@@ -56,3 +56,25 @@ def test_fwht_rows_inplace(dtype, p):
 def test_fwht_rejects_non_power_of_two():
     with pytest.raises(ValueError, match="power of two"):
         fwht_rows_inplace(np.zeros((2, 6)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("check_all", [0.0, 1.0])
+def test_stage_gerf_rows_and_row_terms(dtype, check_all):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(9, 5)).astype(dtype) * 3
+    weights = rng.uniform(0.5, 2, 5)
+    params = np.array([-2.0, 0.5, -0.3, 4.0, -60.0, check_all])
+    xs = np.empty((9, 7), dtype=dtype)
+    shift = np.empty(9)
+    check = np.empty(9, dtype=bool)
+    fm.stage_gerf_rows(x, 1.7, weights, params, xs, shift, check)
+    xs_ref, shift_ref, check_ref = naive.stage_gerf_rows(x, 1.7, weights, params, 7)
+    assert_allclose(shift, shift_ref, rtol=1e-13)
+    assert_array_equal(check, check_ref)
+    assert 0 < check.sum() < 9 or check_all
+    assert_allclose(xs, xs_ref, rtol=RTOL[dtype])
+    sq_u, sq_t = 1.7 * (x.astype(float) ** 2).sum(1), (x.astype(float) ** 2) @ weights
+    fm.gerf_row_terms(sq_u, sq_t, params, shift, check)
+    assert_allclose(shift, shift_ref, rtol=1e-13)
+    assert_array_equal(check, check_ref)

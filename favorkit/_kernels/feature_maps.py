@@ -4,9 +4,12 @@ They are serial (``nogil``) kernels applied to one row block at a time; the call
 blocks on a thread pool (``favorkit._parallel``) with BLAS held to one thread, so the GEMM,
 these passes and the exponential of one block all happen while it is hot in cache.
 
-The exponential itself is *not* here: numpy's AVX-512/AVX2 ``np.exp`` measured 1.7 G/s per
-core in float32 and 1.0 G/s in float64 on the development machine, while Numba's libm
-``math.exp`` (no SVML in the PyPI llvmlite) reached 0.26–0.5 G/s on two cores. So the
+The exponential itself is *not* here: numpy's AVX-512/AVX2 ``np.exp`` measured 1.7–2.2 G/s
+per core in float32 and 1.0–1.1 G/s in float64 on the development machine, while Numba's
+libm ``math.exp`` (no SVML in the PyPI llvmlite) reached 0.26–0.5 G/s on two cores. A
+vectorizable exp written in Numba (Cody–Waite reduction, polynomial, exponent bits through
+an LLVM bitcast) reached 2.6 G/s per core in float32 and 0.9 in float64: 15 % on the float32
+exp alone, ~2 % of a transform, not worth a second exp with its own edge cases. So the
 kernels below prepare exponents and the caller applies ``np.exp`` in place on the block
 (the row maxima for the overflow checks also come from numpy: a floating-point max
 reduction does not vectorize in Numba without fastmath).
@@ -19,6 +22,7 @@ falls back to scalar code); in-place kernels take the buffer once.
 import math
 
 import numba
+import numpy as np
 
 
 @numba.njit(nogil=True, cache=True)
@@ -62,3 +66,56 @@ def cos_offset_rows_inplace(z, offset, log_scale):
         h = math.exp(log_scale[i])
         for j in range(m):
             z[i, j] = math.cos(z[i, j] + offset[j]) * h
+
+
+@numba.njit(nogil=True, cache=True)
+def gerf_row_terms(sq_u, sq_t, params, shift, check):
+    """Row term of the positive/GERF log-features and the rows that need a range check.
+
+    ``shift[i] = log_const - sq_t[i]/2 - gaussian_weight * sq_u[i]`` (``sq_u = |u|²``,
+    ``sq_t = |ũ|²``, float64), and ``check[i]`` is True when the row's largest log-feature
+    might fall below ``log_tiny``, by the lower bound ``shift + A|ω|²_max - B|ũ||ω|_max``
+    (or for every row when ``check_all``). ``params`` is the float64 array
+    ``(log_const, gaussian_weight, a_w_sq_max, b_w_norm, log_tiny, check_all)``.
+    """
+    log_const, gaussian_weight, a_w_sq_max, b_w_norm, log_tiny, check_all = (
+        params[0],
+        params[1],
+        params[2],
+        params[3],
+        params[4],
+        params[5],
+    )
+    for i in range(sq_u.shape[0]):
+        s = log_const - 0.5 * sq_t[i] - gaussian_weight * sq_u[i]
+        shift[i] = s
+        check[i] = check_all != 0.0 or s + a_w_sq_max - b_w_norm * math.sqrt(sq_t[i]) < log_tiny
+
+
+@numba.njit(nogil=True, cache=True)
+def stage_gerf_rows(x, c2, weights_t, params, xs, shift, check):
+    """One pass over a dense block: row norms, row terms, and the GEMM's left operand.
+
+    ``xs[i] = [x_i, shift_i, 1, ...]`` so that ``xs @ [W^T; 1; A|ω|²]`` is the log-feature
+    (the row term folded into the GEMM); ``|u|² = c2 |x|²`` and ``|ũ|² = Σ weights_t x²``
+    are accumulated in float64. See :func:`gerf_row_terms` for ``params``, ``shift`` and
+    ``check``.
+    """
+    n, d = x.shape
+    sq_u = np.empty(n)
+    sq_t = np.empty(n)
+    for i in range(n):
+        acc_u = 0.0
+        acc_t = 0.0
+        for j in range(d):
+            v = np.float64(x[i, j])
+            acc_u += v * v
+            acc_t += weights_t[j] * v * v
+            xs[i, j] = x[i, j]
+        sq_u[i] = c2 * acc_u
+        sq_t[i] = acc_t
+        for j in range(d + 1, xs.shape[1]):
+            xs[i, j] = 1.0
+    gerf_row_terms(sq_u, sq_t, params, shift, check)
+    for i in range(n):
+        xs[i, d] = shift[i]
