@@ -33,7 +33,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
 from favorkit import sampling
-from favorkit._kernels.attention import causal_block, merge_normalize
+from favorkit._kernels.attention import causal_block, column_moments, merge_normalize
 from favorkit._kernels.feature_maps import cos_sin_rows, plus_minus_shift_rows
 from favorkit._parallel import map_row_blocks
 from favorkit._validation import (
@@ -432,19 +432,21 @@ def _sequence_moments(Qf, Kf, mask):
     nb = nbq + nbk
     sums = np.zeros((n_seq, nb, 2, d))
     counts = np.zeros((n_seq, nb))
+    no_skip = np.zeros(0, dtype=bool)
 
     def task(rows):
         n, b = divmod(rows.start, nb)
+        skip = no_skip
         if b < nbq:
-            X = Qf[n, b * STATS_ROWS : (b + 1) * STATS_ROWS]
-            _check_finite(X, "Q")
+            X, name = Qf[n, b * STATS_ROWS : (b + 1) * STATS_ROWS], "Q"
         else:
             lo = (b - nbq) * STATS_ROWS
-            X = Kf[n, lo : lo + STATS_ROWS]
-            _check_finite(X, "K")
+            X, name = Kf[n, lo : lo + STATS_ROWS], "K"
             if mask is not None:
-                X = X[~mask[n, lo : lo + STATS_ROWS]]  # statistics of the visible keys only
-        sums[n, b, 0], sums[n, b, 1], counts[n, b] = _column_moments(X)
+                skip = mask[n, lo : lo + STATS_ROWS]  # statistics of the visible keys only
+        counts[n, b] = column_moments(X, skip, sums[n, b])
+        if not np.isfinite(sums[n, b]).all():
+            _check_finite(X, name)  # the usual error for NaN/inf (a mere overflow passes)
 
     map_row_blocks(task, n_seq * nb, block_rows=1)
     q, k = sums[:, :nbq].sum(axis=1), sums[:, nbq:].sum(axis=1)

@@ -136,3 +136,11 @@ def softmax_attention_dense(Q, K, V, causal=False, scale=None, mask=None):
         logits = np.where(mask[None, :], -np.inf, logits)
     A = np.exp(logits - logits.max(axis=1, keepdims=True))
     return (A / A.sum(axis=1, keepdims=True)) @ V
+
+
+def column_moments(X, skip):
+    """``[column sums, column sums of squares]`` of the rows not skipped, and their count."""
+    X = np.asarray(X, dtype=np.float64)
+    if len(skip):
+        X = X[~skip]
+    return np.stack([X.sum(axis=0), (X**2).sum(axis=0)]), X.shape[0]

@@ -108,6 +108,19 @@ def test_merge_normalize_matches_naive(dtype, with_cross):
     assert_allclose(out, want, rtol=REL[dtype] / 10)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("masked", [False, True])
+def test_column_moments_matches_naive(dtype, masked):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(57, 6)).astype(dtype)
+    skip = rng.random(57) < 0.3 if masked else np.zeros(0, dtype=bool)
+    out = np.full((2, 6), 0.5)  # accumulates into what is there
+    count = ka.column_moments(X, skip, out)
+    want, want_count = naive.column_moments(X, skip)
+    assert count == want_count
+    assert_allclose(out, want + 0.5, rtol=1e-13)
+
+
 # --- FAVOR against the dense computation with the same features -----------------------------
 
 

@@ -218,3 +218,43 @@ def merge_normalize(num, ref, cross, r_cross, out):
                 v += cross[t, k] * b
             out[t, k] = v * inv
     return n_bad
+
+
+@numba.njit(nogil=True, cache=True)
+def column_moments(X, skip, out):
+    """Add the column sums and sums of squares of the rows of X not skipped, in float64.
+
+    One pass over the block, without the GIL, for the FAVOR++/SADERF statistics (numpy's
+    float64 reductions of a float32 block take two passes and hold the GIL long enough that
+    two threads ran slower than one).
+
+    Parameters
+    ----------
+    X : (n, d) float32 or float64, C-contiguous
+    skip : (n,) bool, or (0,) for none
+        True = leave the row out (a padded key).
+    out : (2, d) float64, input and output
+        ``out[0] += sum of rows``, ``out[1] += sum of squared rows``.
+
+    Returns
+    -------
+    count : int
+        Rows added.
+    """
+    n, d = X.shape
+    s1 = np.zeros(d)
+    s2 = np.zeros(d)
+    count = 0
+    masked = skip.shape[0] == n
+    for i in range(n):
+        if masked and skip[i]:
+            continue
+        count += 1
+        for j in range(d):
+            x = np.float64(X[i, j])
+            s1[j] += x
+            s2[j] += x * x
+    for j in range(d):
+        out[0, j] += s1[j]
+        out[1, j] += s2[j]
+    return count
