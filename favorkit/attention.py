@@ -19,7 +19,16 @@ that depends on key ``j`` alone. Sums over keys are kept relative to a running r
 (the largest ``s`` seen so far) and rescaled when it grows, so no constant depends on a
 future position; no epsilon is ever added after a stabilizer, so no key can change
 another key's weight. A padded key gets a zero feature row and ``s = -inf``: it adds
-nothing to the numerator or the denominator.
+nothing to the numerator or the denominator. In the causal kernel a row's reference and
+its code path depend on earlier positions only, so a future key changes no earlier output
+by even one ulp (``favorkit/_kernels/attention.py``, ``causal_block``).
+
+FAVOR++ and SADERF (``spec/beyond.md`` §2, §3.3) fit ``A*`` (and ``Ψ``) from statistics of
+the queries and keys. Bidirectional attention fits them per call, per sequence and head
+(as the official ``expplus``); the features then go through the same stabilization as
+FAVOR+. Causal attention cannot: ``A*`` over the whole sequence depends on future keys,
+so every earlier output would change with them. It uses parameters fitted once in
+:meth:`FavorAttention.fit` instead, and the functional form refuses causal FAVOR++/SADERF.
 """
 
 from __future__ import annotations
