@@ -141,8 +141,9 @@ def test_favor_matches_dense_same_features(dtype, causal, estimator, blocks, req
     assert _rel(out, want) <= REL[dtype]
 
 
+@pytest.mark.parametrize("estimator", ["positive", "optimal"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_float32_accuracy_holds_at_long_length(causal):
+def test_float32_accuracy_holds_at_long_length(causal, estimator):
     """At L = 20 000 (five blocks, 313 chunks) float32 stays within 1e-5 of float64.
 
     The float64 path is the one checked against the dense computation above; a dense
@@ -150,7 +151,7 @@ def test_float32_accuracy_holds_at_long_length(causal):
     sums would show (float32 sums are kept to <= 1024 terms, the rest is float64).
     """
     Q, K, V = _qkv((20000,), d=64, seed=23)
-    att = FavorAttention(256, random_state=0).fit(Q)
+    att = FavorAttention(256, estimator=estimator, random_state=0).fit(Q)
     ref = att.attend(Q, K, V, causal=causal)
     out = att.attend(*(x.astype(np.float32) for x in (Q, K, V)), causal=causal)
     assert _rel(out, ref) <= REL[np.float32]
