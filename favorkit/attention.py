@@ -85,8 +85,6 @@ KEY_SUBBLOCK = 1024
 _THRESH = {np.dtype(np.float32): 20.0, np.dtype(np.float64): 300.0}
 # Logit entries per block of the exact reference (16 MiB of float64).
 _EXACT_BLOCK_ELEMS = 1 << 21
-# Rows per task of the FAVOR++/SADERF statistics pass (column sums and squares, float64).
-STATS_ROWS = 2048
 
 
 # --------------------------------------------------------------------------------------
@@ -431,35 +429,24 @@ def _sequence_moments(Qf, Kf, mask):
     """Per-sequence column moments of the queries and the *unpadded* keys.
 
     Returns ``(sum_q, sq_q, n_q, sum_k, sq_k, n_k)`` with arrays of shape (N, d) and (N,).
-    O(L d) per sequence, in fixed row blocks on the thread pool; the block partials are added
-    in block order, so the result does not depend on the thread count. Also checks that Q
-    and K are finite (NaN statistics would give NaN parameters before the usual check).
+    One O(L d) Numba pass per sequence and side, in the calling thread: 0.15 ms for
+    16 384 x 64 float32 rows, less than waking the thread pool for it (a pooled version
+    measured 0.55 ms plus the wake-up). Also checks that Q and K are finite (NaN statistics
+    would give NaN parameters before the usual check).
     """
-    n_seq, Lq, d = Qf.shape
-    Lk = Kf.shape[1]
-    nbq, nbk = -(-Lq // STATS_ROWS), -(-Lk // STATS_ROWS)
-    nb = nbq + nbk
-    sums = np.zeros((n_seq, nb, 2, d))
-    counts = np.zeros((n_seq, nb))
+    n_seq, _, d = Qf.shape
+    moments = np.zeros((2, n_seq, 2, d))
+    counts = np.zeros((2, n_seq))
     no_skip = np.zeros(0, dtype=bool)
-
-    def task(rows):
-        n, b = divmod(rows.start, nb)
-        skip = no_skip
-        if b < nbq:
-            X, name = Qf[n, b * STATS_ROWS : (b + 1) * STATS_ROWS], "Q"
-        else:
-            lo = (b - nbq) * STATS_ROWS
-            X, name = Kf[n, lo : lo + STATS_ROWS], "K"
-            if mask is not None:
-                skip = mask[n, lo : lo + STATS_ROWS]  # statistics of the visible keys only
-        counts[n, b] = column_moments(X, skip, sums[n, b])
-        if not np.isfinite(sums[n, b]).all():
-            _check_finite(X, name)  # the usual error for NaN/inf (a mere overflow passes)
-
-    map_row_blocks(task, n_seq * nb, block_rows=1)
-    q, k = sums[:, :nbq].sum(axis=1), sums[:, nbq:].sum(axis=1)
-    return q[:, 0], q[:, 1], counts[:, :nbq].sum(axis=1), k[:, 0], k[:, 1], counts[:, nbq:].sum(1)
+    for n in range(n_seq):
+        for side, (X, name) in enumerate(((Qf[n], "Q"), (Kf[n], "K"))):
+            # statistics of the visible keys only
+            skip = mask[n] if side == 1 and mask is not None else no_skip
+            counts[side, n] = column_moments(X, skip, moments[side, n])
+            if not np.isfinite(moments[side, n]).all():
+                _check_finite(X, name)  # the usual error for NaN/inf (a mere overflow passes)
+    (q, k) = moments
+    return q[:, 0], q[:, 1], counts[0], k[:, 0], k[:, 1], counts[1]
 
 
 def _gerf_parameters(moments, scale, d, estimator):
