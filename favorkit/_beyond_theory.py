@@ -595,11 +595,9 @@ def _prepare(Q, K, estimator, kernel, gamma):
     if estimator in ("optimal", "saderf"):
         # The data statistics live with the transformer; importing them here (not at module
         # level) keeps favorkit.features free to import this module.
-        from favorkit.features import _mean_pair_sq_norm, _saderf_scale
+        from favorkit.features import fit_gerf_parameters
 
-        if estimator == "saderf":
-            psi = _saderf_scale(Q, K)
-        a = float(optimal_gerf_a(_mean_pair_sq_norm(Q, K, psi) * c2, d))
+        a, psi = fit_gerf_parameters(Q, K, c2, saderf=estimator == "saderf")
     c = np.sqrt(c2)
     return Q * (c * psi), K * (c / psi), a, psi
 

@@ -52,8 +52,7 @@ from favorkit._validation import (
     check_is_fitted,
     validate_data,
 )
-from favorkit.features import NumericalWarning
-from favorkit.theory import optimal_gerf_a
+from favorkit.features import NumericalWarning, gerf_parameters
 
 __all__ = ["FavorAttention", "favor_attention", "softmax_attention"]
 
@@ -452,13 +451,9 @@ def _sequence_moments(Qf, Kf, mask):
 def _gerf_parameters(moments, scale, d, estimator):
     """``(A, Ψ)`` per sequence from column moments of its (unscaled) queries and keys.
 
-    ``Ψ_l = (E y_l² / E x_l²)^{1/4}`` for SADERF (beyond.md §3.3), ones for FAVOR++; then
-    ``φ = mean_{i,j} |Ψx̃_i + Ψ⁻¹ỹ_j|² = Σ_l (Ψ_l² E x̃_l² + Ψ_l⁻² E ỹ_l²) + 2 x̃̄·ỹ̄`` with
-    ``x̃ = sqrt(scale) x`` (the homogeneity heuristic, beyond.md §2.3; O(d) from the
-    moments) and ``A = optimal_gerf_a(φ, d)``. The same formulas as
-    :class:`~favorkit.features.PositiveRandomFeatures` ``fit`` (``_saderf_scale``,
-    ``_mean_pair_sq_norm``), from moments instead of rows; a test checks they agree. A
-    sequence without queries or visible keys gets ``A = 0``, ``Ψ = 1`` (FAVOR+).
+    The formulas are :func:`favorkit.features.gerf_parameters` (the transformers' ``fit``
+    uses the same function), applied to the moments of ``x̃ = sqrt(scale) x``. A sequence
+    without queries or visible keys gets ``A = 0``, ``Ψ = 1`` (FAVOR+).
     """
     sum_q, sq_q, n_q, sum_k, sq_k, n_k = moments
     params = []
@@ -466,17 +461,15 @@ def _gerf_parameters(moments, scale, d, estimator):
         if n_q[n] == 0 or n_k[n] == 0:
             params.append((0.0, np.ones(d)))
             continue
-        ex, ey = scale * sq_q[n] / n_q[n], scale * sq_k[n] / n_k[n]
-        if estimator == "saderf":
-            # The relative epsilon of features._saderf_scale: a coordinate that is zero on
-            # one side only gets the finite limit of the formula.
-            eps = 1e-12 * max(ex.sum() + ey.sum(), np.finfo(np.float64).tiny) / d
-            psi = ((ey + eps) / (ex + eps)) ** 0.25
-        else:
-            psi = np.ones(d)
-        mean_dot = scale * (sum_q[n] / n_q[n]) @ (sum_k[n] / n_k[n])
-        phi = float(ex @ psi**2 + ey @ psi**-2 + 2.0 * mean_dot)
-        params.append((float(optimal_gerf_a(phi, d)), psi))
+        params.append(
+            gerf_parameters(
+                np.sqrt(scale) * sum_q[n] / n_q[n],
+                scale * sq_q[n] / n_q[n],
+                np.sqrt(scale) * sum_k[n] / n_k[n],
+                scale * sq_k[n] / n_k[n],
+                saderf=estimator == "saderf",
+            )
+        )
     return params
 
 

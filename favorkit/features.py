@@ -332,11 +332,9 @@ class PositiveRandomFeatures(_RandomFeatures):
                 Y = validate_data(
                     self, keys, accept_sparse="csr", dtype=[np.float64, np.float32], reset=False
                 )
-            c2 = self._input_scale_sq()
-            if self.estimator == "saderf":
-                self.query_scale_ = _saderf_scale(X, Y)
-            phi = _mean_pair_sq_norm(X, Y, self.query_scale_) * c2
-            self.gerf_a_ = float(optimal_gerf_a(phi, d))
+            self.gerf_a_, self.query_scale_ = fit_gerf_parameters(
+                X, Y, self._input_scale_sq(), saderf=self.estimator == "saderf"
+            )
         return self
 
     def transform(self, X, *, side="query"):
@@ -451,34 +449,43 @@ class PositiveRandomFeatures(_RandomFeatures):
         return out
 
 
-def _saderf_scale(X, Y):
-    """SADERF's Ψ_l = (Σ_j y_jl² / Σ_i x_il²)^{1/4} (beyond.md §3.3), per coordinate.
+def gerf_parameters(mean_x, mean_sq_x, mean_y, mean_sq_y, *, saderf):
+    """FAVOR++/SADERF parameters ``(A*, Ψ)`` from column moments of queries and keys.
 
-    Minimises mean |Ψx_i + Ψ^{-1}y_j|² over diagonal Ψ. A coordinate that is zero on one side
-    only gets the limit the formula tends to (a tiny relative epsilon keeps it finite).
+    The inputs are per-coordinate means and means of squares of the (kernel-scaled) queries
+    ``u_i`` and keys ``v_j``, so the statistics cost O(nd) and can be accumulated in blocks
+    (attention does). ``Ψ_l = (E v_l² / E u_l²)^{1/4}`` minimises ``mean |Ψu_i + Ψ⁻¹v_j|²``
+    over diagonal Ψ (SADERF, beyond.md §3.3; ones otherwise; a coordinate that is zero on one
+    side only gets the finite limit of the formula through a tiny relative epsilon); then
+    ``φ = mean_{i,j} |Ψu_i + Ψ⁻¹v_j|² = Σ_l (Ψ_l² E u_l² + Ψ_l⁻² E v_l²) + 2 ū·v̄`` (the
+    homogeneity heuristic, beyond.md §2.3) and ``A* = theory.optimal_gerf_a(φ, d)``.
     """
-    ex = _column_sq_sums(X) / X.shape[0]
-    ey = _column_sq_sums(Y) / Y.shape[0]
-    eps = 1e-12 * max(ex.sum() + ey.sum(), np.finfo(np.float64).tiny) / ex.size
-    return ((ey + eps) / (ex + eps)) ** 0.25
+    ex = np.asarray(mean_sq_x, dtype=np.float64)
+    ey = np.asarray(mean_sq_y, dtype=np.float64)
+    d = ex.size
+    if saderf:
+        eps = 1e-12 * max(ex.sum() + ey.sum(), np.finfo(np.float64).tiny) / d
+        psi = ((ey + eps) / (ex + eps)) ** 0.25
+    else:
+        psi = np.ones(d)
+    phi = float(ex @ psi**2 + ey @ psi**-2 + 2.0 * np.dot(mean_x, mean_y))
+    return float(optimal_gerf_a(phi, d)), psi
 
 
-def _column_sq_sums(X):
+def _column_moments(X, c2=1.0):
+    """Per-coordinate mean and mean of squares of ``sqrt(c2) X`` (float64; CSR or dense)."""
     if sp.issparse(X):
-        return np.asarray(X.multiply(X).sum(axis=0), dtype=np.float64).ravel()
-    return np.einsum("ij,ij->j", X, X, dtype=np.float64)
+        mean = np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
+        mean_sq = np.asarray(X.multiply(X).mean(axis=0), dtype=np.float64).ravel()
+    else:
+        mean = X.mean(axis=0, dtype=np.float64)
+        mean_sq = np.einsum("ij,ij->j", X, X, dtype=np.float64) / X.shape[0]
+    return np.sqrt(c2) * mean, c2 * mean_sq
 
 
-def _mean_pair_sq_norm(X, Y, psi):
-    """φ = mean over pairs |Ψx_i + Ψ^{-1}y_j|² = mean|Ψx|² + mean|Ψ^{-1}y|² + 2 mean(x)·mean(y).
-
-    O(nd) instead of O(n² d) (beyond.md §2.3, the homogeneity heuristic).
-    """
-    x_bar = np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
-    y_bar = np.asarray(Y.mean(axis=0), dtype=np.float64).ravel()
-    ex = _column_sq_sums(X) / X.shape[0]
-    ey = _column_sq_sums(Y) / Y.shape[0]
-    return float(ex @ psi**2 + ey @ psi**-2 + 2.0 * x_bar @ y_bar)
+def fit_gerf_parameters(X, Y, c2, *, saderf):
+    """``(A*, Ψ)`` for queries ``sqrt(c2) X`` and keys ``sqrt(c2) Y``; see gerf_parameters."""
+    return gerf_parameters(*_column_moments(X, c2), *_column_moments(Y, c2), saderf=saderf)
 
 
 class OrthogonalRFF(_RandomFeatures):
