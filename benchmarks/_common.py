@@ -60,19 +60,23 @@ class ExpJob:
     bandwidth does not enter the limit. Use it as a context manager so the pool is closed.
     """
 
-    def __init__(self, size, dtype, n_threads=2, block=1 << 16):
+    def __init__(self, size, dtype, n_threads=2, block=1 << 16, tasks_per_thread=4):
         self.values = np.random.default_rng(0).uniform(-10, 0, block).astype(dtype)
-        self.outs = [np.empty_like(self.values) for _ in range(2 * n_threads)]
-        self.n_tasks = -(-size // block)
+        n_blocks = -(-size // block)
+        n_tasks = n_threads * tasks_per_thread
+        # Few large tasks: a pool hand-off costs about as much as exponentiating one block.
+        self.blocks_per_task = [len(range(i, n_blocks, n_tasks)) for i in range(n_tasks)]
+        self.outs = [np.empty_like(self.values) for _ in range(n_tasks)]
         self.pool = ThreadPoolExecutor(n_threads)
-        self.size = self.n_tasks * block
+        self.size = n_blocks * block
 
     def _one(self, i):
-        np.exp(self.values, out=self.outs[i % len(self.outs)])
+        for _ in range(self.blocks_per_task[i]):
+            np.exp(self.values, out=self.outs[i])
 
     def __call__(self):
         with threadpool_limits(1, "blas"):
-            list(self.pool.map(self._one, range(self.n_tasks)))
+            list(self.pool.map(self._one, range(len(self.outs))))
 
     def __enter__(self):
         return self

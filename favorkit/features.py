@@ -73,10 +73,15 @@ class _RandomFeatures(TransformerMixin, BaseEstimator):
         self._n_features_out = self.n_components * len(self._output_blocks())
         return X, rng
 
-    def _validated(self, X):
+    def _validated(self, X, ensure_all_finite=True):
         check_is_fitted(self)
         return validate_data(
-            self, X, accept_sparse="csr", dtype=[np.float64, np.float32], reset=False
+            self,
+            X,
+            accept_sparse="csr",
+            dtype=[np.float64, np.float32],
+            reset=False,
+            ensure_all_finite=ensure_all_finite,
         )
 
     def _scaled_projection_T(self, scale, dtype):
@@ -143,6 +148,21 @@ def _log_range(dtype):
     """log of the largest finite and of the smallest normal number of ``dtype``."""
     info = np.finfo(dtype)
     return float(np.log(info.max)), float(np.log(info.tiny))
+
+
+def _raise_non_finite(X_rows, fix):
+    """The error for rows whose norm is not finite: NaN or inf in X (sklearn's wording), or
+    finite values so large that |x|² overflows."""
+    if np.isnan(X_rows).any():
+        raise ValueError("Input X contains NaN.")
+    if not np.isfinite(X_rows).all():
+        raise ValueError(
+            f"Input X contains infinity or a value too large for dtype('{X_rows.dtype}')."
+        )
+    raise ValueError(
+        f"{X_rows.shape[0]} rows of X have a squared norm that overflows float64, so their "
+        f"features would be inf or NaN. {fix}"
+    )
 
 
 def _check_log_features(row_max, dtype, *, fix):
@@ -355,7 +375,9 @@ class PositiveRandomFeatures(_RandomFeatures):
         """
         if side not in ("query", "key"):
             raise ValueError(f'side must be "query" or "key", got {side!r}.')
-        X = self._validated(X)
+        # Dense data are checked for NaN and inf on the fly: a non-finite entry makes its row's
+        # norm, hence its row term, non-finite (saves sklearn's separate pass over X).
+        X = self._validated(X, ensure_all_finite=sp.issparse(X))
         dtype = X.dtype
         n, d = X.shape
         m = self.n_components
@@ -384,6 +406,7 @@ class PositiveRandomFeatures(_RandomFeatures):
         out = np.empty((n, n_cols), dtype=dtype)
         checked = np.zeros(n, dtype=bool)
         row_max = np.full(n, -np.inf)
+        row_shift = np.empty(n)
         # Dense non-hyperbolic maps fold the row term (and A|ω|²) into the GEMM as extra
         # columns ([x, shift, 1] @ [W^T; 1; A|ω|²]): the GEMM's output goes straight to
         # exp, one pass over the output fewer than adding them afterwards.
@@ -409,7 +432,7 @@ class PositiveRandomFeatures(_RandomFeatures):
             # left operand): ~10 small numpy calls per block cost ~20 % of the transform.
             Xb = X[rows]
             nb = Xb.shape[0]
-            shift = np.empty(nb)
+            shift = row_shift[rows]
             check = np.empty(nb, dtype=np.bool_)
             z = np.empty((nb, m), dtype=dtype) if hyperbolic else out[rows]
             if fold:
@@ -439,13 +462,14 @@ class PositiveRandomFeatures(_RandomFeatures):
 
         with np.errstate(over="ignore", under="ignore", invalid="ignore"):
             map_row_blocks(block, n)
+        fix = "Scale X down or lower gamma" + (
+            ", or pass float64 data." if dtype == np.float32 else "."
+        )
+        non_finite = ~np.isfinite(row_shift)
+        if non_finite.any():
+            _raise_non_finite(X[non_finite], fix)
         if checked.any():
-            _check_log_features(
-                row_max[checked],
-                dtype,
-                fix="Scale X down or lower gamma"
-                + (", or pass float64 data." if dtype == np.float32 else "."),
-            )
+            _check_log_features(row_max[checked], dtype, fix=fix)
         return out
 
 

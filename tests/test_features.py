@@ -369,6 +369,28 @@ def test_bad_input_data(cls):
         cls(4).transform(X)
 
 
+@pytest.mark.parametrize("estimator", ["positive", "hyperbolic", "optimal", "saderf"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_transform_rejects_nan_and_inf_found_on_the_fly(estimator, dtype):
+    """Dense transform checks finiteness through the row norms, not a separate pass."""
+    fitted = PositiveRandomFeatures(4, estimator=estimator, random_state=0).fit(X)
+    bad = np.repeat(X, 20, axis=0).astype(dtype)  # several row blocks
+    bad[5000, 3] = np.nan
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        fitted.transform(bad)
+    bad[5000, 3] = -np.inf
+    with pytest.raises(ValueError, match="Input X contains infinity"):
+        fitted.transform(bad)
+
+
+def test_finite_values_whose_norm_overflows():
+    fitted = PositiveRandomFeatures(4, random_state=0).fit(X)
+    huge = X.copy()
+    huge[0, 0] = 1e200
+    with pytest.raises(ValueError, match="squared norm that overflows float64.*Scale X down"):
+        fitted.transform(huge)
+
+
 def test_overflow_raises_with_the_fix():
     # A projection row of norm 20 and a data row along it: exponent w·x - |x|²/2 = 200 > 88.
     W = np.zeros((2, 3))
