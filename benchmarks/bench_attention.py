@@ -31,10 +31,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 
 import numpy as np
-from _common import ExpJob, gemm_job, save
+from _common import ExpJob, gemm_job, interleaved_medians, save
 
 from favorkit import FavorAttention, softmax_attention
 
@@ -60,29 +59,6 @@ for _name in VARIANTS:
 AT_MOST = {"bidirectional_vs_limit", "causal_over_bidirectional"} | {
     k for k in TARGETS if "_over_positive_" in k
 }
-
-
-def interleaved_medians(contenders, repeats=9, warmup=1, rest=0.15):
-    """Median wall time of each callable, run in turn ``repeats`` times, with an untimed
-    ``rest`` before each call.
-
-    The rest matters here: OpenBLAS worker threads (numpy's multi-threaded GEMMs) and
-    torch's OpenMP threads keep spinning ~0.1 s after a call returns, and whichever
-    contender runs next in that window is measured ~2x slower (the effect
-    ``favorkit/_parallel.py`` describes). Resting lets every contender start from an idle
-    machine, as a user's single call would.
-    """
-    for fn in contenders.values():
-        for _ in range(warmup):
-            fn()
-    times = {name: [] for name in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            time.sleep(rest)
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def inputs(n, d=D, seed=0):
