@@ -415,6 +415,25 @@ def _split_row(line):
     return cells
 
 
+# --------------------------------------------------------------------------- test pairs
+
+
+def planar_pairs(specs, d):
+    """Pairs (x_i, y_i) in R^d with |x| = lx, |y| = ly at angle phi, in the first two axes.
+
+    ``specs`` holds ``(lx, ly, phi)`` triples; every closed form here depends on a pair only
+    through these three numbers, so the plane is chosen without loss of generality.
+    """
+    X = np.zeros((len(specs), d))
+    Y = np.zeros((len(specs), d))
+    for i, (lx, ly, phi) in enumerate(specs):
+        X[i, 0] = lx
+        Y[i, 0] = ly * np.cos(phi)
+        if d > 1:
+            Y[i, 1] = ly * np.sin(phi)
+    return X, Y
+
+
 # --------------------------------------------------------------------------- estimators
 
 

@@ -40,12 +40,7 @@ PARAMS = {
 
 
 def pairs(d):
-    X = np.zeros((len(POINTS), d))
-    Y = np.zeros((len(POINTS), d))
-    for i, (length, phi) in enumerate(POINTS):
-        X[i, 0] = length
-        Y[i, 0], Y[i, 1] = length * np.cos(phi), length * np.sin(phi)
-    return X, Y
+    return C.planar_pairs([(length, length, phi) for length, phi in POINTS], d)
 
 
 def task(job):

@@ -31,12 +31,7 @@ def ms_for(d):
 
 
 def pairs(d):
-    X = np.zeros((len(PAIRS), d))
-    Y = np.zeros((len(PAIRS), d))
-    for i, (length, phi) in enumerate(PAIRS):
-        X[i, 0] = length
-        Y[i, 0], Y[i, 1] = length * np.cos(phi), length * np.sin(phi)
-    return X, Y
+    return C.planar_pairs([(length, length, phi) for length, phi in PAIRS], d)
 
 
 def task(job):

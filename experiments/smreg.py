@@ -39,14 +39,7 @@ def plan(params, d):
 
 
 def pairs(d):
-    X = np.zeros((len(PAIRS), d))
-    Y = np.zeros((len(PAIRS), d))
-    for i, (lx, ly, phi) in enumerate(PAIRS):
-        X[i, 0] = lx
-        Y[i, 0] = ly * np.cos(phi)
-        if d > 1:
-            Y[i, 1] = ly * np.sin(phi)
-    return X, Y
+    return C.planar_pairs(PAIRS, d)
 
 
 def task(job):

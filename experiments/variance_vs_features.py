@@ -43,12 +43,7 @@ def add_arguments(p):
 
 def make_pairs(ctx):
     if ctx.args.data is None:
-        d = ctx.params["d"]
-        X = np.zeros((len(PAIRS), d))
-        Y = np.zeros((len(PAIRS), d))
-        for i, (lx, ly, phi) in enumerate(PAIRS):
-            X[i, 0] = lx
-            Y[i, 0], Y[i, 1] = ly * np.cos(phi), ly * np.sin(phi)
+        X, Y = C.planar_pairs(PAIRS, ctx.params["d"])
         return X, Y, "synthetic"
     P = np.load(ctx.args.data)
     if P.ndim != 2 or P.shape[0] < 2:
