@@ -43,6 +43,7 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
 from favorkit import sampling
 from favorkit._kernels.attention import causal_block, column_moments, merge_normalize
+from favorkit._kernels.fastexp import exp_inplace
 from favorkit._kernels.feature_maps import cos_sin_rows, plus_minus_shift_rows
 from favorkit._parallel import map_row_blocks
 from favorkit._validation import (
@@ -331,8 +332,7 @@ class _FeatureMap:
             zmax = Z.max(axis=1)
             self._check_overflow(zmax)
             Z -= zmax[:, None]
-            np.exp(Z, out=Z)
-            F = Z
+            F = exp_inplace(Z)
             s = zmax - 0.5 * sq if keys else None
         elif self.estimator == "hyperbolic":
             # [exp(ω·x̃), exp(-ω·x̃)] exp(-|x̃|²/2) / sqrt(2m): antithetic pair (spec a.4).
@@ -340,7 +340,7 @@ class _FeatureMap:
             self._check_overflow(a)
             F = np.empty((n, 2 * Z.shape[1]), dtype=dtype)
             plus_minus_shift_rows(Z, (-a).astype(dtype), F)
-            np.exp(F, out=F)
+            exp_inplace(F)
             s = a - 0.5 * sq if keys else None
         else:
             # [cos(ω·x̃), sin(ω·x̃)] exp(+|x̃|²/2) / sqrt(m) (spec a.3); signed features.
@@ -367,7 +367,7 @@ class _FeatureMap:
         zmax = Z.max(axis=1)
         self._check_overflow(zmax)
         Z -= zmax[:, None]
-        np.exp(Z, out=Z)
+        exp_inplace(Z)
         if not keys:
             return Z, None
         Xt = X * col  # x̃ = sqrt(scale) Ψ⁻¹ x, for the -|x̃|²/2 of the key's own constant
@@ -394,7 +394,7 @@ class _FeatureMap:
             elif kernel == "elu":  # elu(z) + 1 (Katharopoulos et al. 2020)
                 F = np.where(Z > 0, Z + 1, np.exp(np.minimum(Z, 0)))
             elif kernel == "exp":
-                F = np.exp(Z, out=Z)
+                F = exp_inplace(Z)
             elif kernel == "abs":
                 F = np.abs(Z, out=Z)
             else:

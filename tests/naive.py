@@ -2,7 +2,7 @@
 
 Each function here computes the same thing as its kernel twin with plain numpy (or plain
 Python loops), written for clarity, not speed. Tests assert that the two agree in float32
-and float64. Sections: feature maps, FWHT, attention.
+and float64. Sections: feature maps, exponential, FWHT, attention.
 """
 
 import numpy as np
@@ -42,6 +42,21 @@ def stage_gerf_rows(x, c2, weights_t, params, n_cols):
     xs[:, : x.shape[1]] = x64
     xs[:, x.shape[1]] = shift
     return xs.astype(x.dtype), shift, check
+
+
+# --- exponential (favorkit/_kernels/fastexp.py) --------------------------------------------
+
+
+def exp_exact(x):
+    """exp(x) in float64 (|relative error| < 1e-16), the reference for float32 exps."""
+    return np.exp(np.asarray(x, dtype=np.float64))
+
+
+def float32_ulp(y):
+    """The spacing of float32 numbers at |y| (the subnormal spacing 2^-149 below 2^-126)."""
+    y = np.abs(np.asarray(y, dtype=np.float64))
+    exponent = np.floor(np.log2(np.maximum(y, np.finfo(np.float32).tiny)))
+    return np.exp2(exponent - 23)
 
 
 # --- FWHT (favorkit/_kernels/fwht.py) -------------------------------------------------------
