@@ -15,8 +15,9 @@ Why the causal kernel is chunkwise: a per-position recurrence does O(r e) scalar
 position with no reuse; splitting the sequence into chunks turns it into GEMMs (``np.dot``
 calls BLAS from inside Numba): a masked dense ``C x C`` block inside the chunk plus the
 carried ``r x e`` state between chunks (Katharopoulos et al. 2020, "chunkwise" form). The
-exponentials of the features are done by numpy outside (its SIMD exp is 4-7x faster than
-Numba's scalar libm exp here); inside the kernel only O(C) exps per chunk remain.
+exponentials of the features are done outside, by the vectorized
+:func:`favorkit._kernels.fastexp.exp_inplace` (Numba's scalar libm exp is 4-7x slower);
+inside the kernel only O(C) exps per chunk remain.
 """
 
 import math
