@@ -25,7 +25,7 @@ from favorkit._kernels.fastexp import exp_inplace_float32
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "benchmarks"
 
 
-def interleaved_medians(contenders, repeats=9, warmup=1, rest=0.15):
+def interleaved_medians(contenders, repeats=9, warmup=1, rest=0.15, warm=True):
     """Median wall time of each callable, running them in turn ``repeats`` times.
 
     The order is shuffled from round to round.
@@ -33,6 +33,12 @@ def interleaved_medians(contenders, repeats=9, warmup=1, rest=0.15):
     An untimed ``rest`` (seconds) precedes every timed call: OpenBLAS (and torch) worker
     threads keep spinning for ~0.1 s after a call and slowed whatever ran next by up to 2x
     on the development machine, which would charge one contender for another's threads.
+    With ``warm``, an untimed call of the same contender then runs right before the timed
+    one, so that what is timed is a call in steady use: on the development machine (a
+    2-vCPU VM) the first parallel call after the CPUs had idled for 0.15 s ran up to 1.8x
+    slower (FAVOR attention at L = 16 384: 22 ms back to back, 38 ms after the pause, with
+    ~13 involuntary context switches per call), an effect of the idle vCPUs, not of the
+    code being timed.
     """
     for fn in contenders.values():
         for _ in range(warmup):
@@ -45,6 +51,8 @@ def interleaved_medians(contenders, repeats=9, warmup=1, rest=0.15):
         for name in shuffle(list(contenders)):
             fn = contenders[name]
             time.sleep(rest)
+            if warm:
+                fn()
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)

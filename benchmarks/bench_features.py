@@ -155,7 +155,9 @@ def main():
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--d", type=int, default=64)
     parser.add_argument("--m", type=int, default=256)
-    parser.add_argument("--repeats", type=int, default=11)
+    # 21, not 11: the four later-estimator maps cost the same as FAVOR+ (equal minima), yet
+    # medians of 11 rounds differed by up to 23 % under the machine's right-skewed noise.
+    parser.add_argument("--repeats", type=int, default=21)
     args = parser.parse_args()
     n, d, m = args.n, args.d, args.m
     rng = np.random.default_rng(0)
