@@ -384,6 +384,22 @@ def test_causal_gerf_errors():
 # --- guarantees -----------------------------------------------------------------------------
 
 
+def _future_changes(att, K, V, t):
+    """(K2, V2) changed from position t on: keys scaled, keys set to the largest key
+    log-constant there is (k̃ = ω_i gives s = |ω_i|²/2, spec a.4: a new running maximum),
+    values shifted, and keys and values both."""
+    w_big = att.projection_[np.argmax((att.projection_**2).sum(axis=1))]
+    for change in ("scale_keys", "aligned_keys", "values", "both"):
+        K2, V2 = K.copy(), V.copy()
+        if change in ("scale_keys", "both"):
+            K2[..., t:, :] *= 8
+        if change == "aligned_keys":
+            K2[..., t:, :] = (w_big / np.sqrt(att.scale_)).astype(K.dtype)
+        if change in ("values", "both"):
+            V2[..., t:, :] += 5
+        yield K2, V2
+
+
 @pytest.mark.filterwarnings("ignore::favorkit.features.NumericalWarning")  # trig rows
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("estimator", ["positive", "hyperbolic", "trig", "optimal", "saderf"])
@@ -401,16 +417,7 @@ def test_no_future_leak(dtype, estimator, n_heads, blocks, request):
     Q, K, V = _qkv((n_heads, L), d=d, seed=5, dtype=dtype)
     att = FavorAttention(32, estimator=estimator, causal=True, random_state=0).fit(Q)
     base = att.attend(Q, K, V)
-    # The largest key log-constant there is: k̃ = ω_i gives s = |ω_i|²/2 (spec a.4).
-    w_big = att.projection_[np.argmax((att.projection_**2).sum(axis=1))]
-    for change in ("scale_keys", "aligned_keys", "values", "both"):
-        K2, V2 = K.copy(), V.copy()
-        if change in ("scale_keys", "both"):
-            K2[..., t:, :] *= 8
-        if change == "aligned_keys":
-            K2[..., t:, :] = (w_big / np.sqrt(att.scale_)).astype(dtype)
-        if change in ("values", "both"):
-            V2[..., t:, :] += 5
+    for K2, V2 in _future_changes(att, K, V, t):
         out = att.attend(Q, K2, V2)
         rtol = 1e-5 if dtype == np.float32 else 1e-12
         assert_allclose(out[..., :t, :], base[..., :t, :], rtol=rtol, atol=rtol)
@@ -442,15 +449,7 @@ def test_causal_outputs_before_t_are_bitwise_unchanged(
     Q, K, V = _qkv((2, 200), d=16, seed=39, dtype=dtype)
     att = FavorAttention(32, estimator=estimator, causal=True, random_state=0).fit(Q)
     base = att.attend(Q, K, V)
-    w_big = att.projection_[np.argmax((att.projection_**2).sum(axis=1))]
-    for change in ("scale_keys", "aligned_keys", "values", "both"):
-        K2, V2 = K.copy(), V.copy()
-        if change in ("scale_keys", "both"):
-            K2[..., t:, :] *= 8
-        if change == "aligned_keys":  # the largest key log-constant: a new running maximum
-            K2[..., t:, :] = (w_big / np.sqrt(att.scale_)).astype(dtype)
-        if change in ("values", "both"):
-            V2[..., t:, :] += 5
+    for K2, V2 in _future_changes(att, K, V, t):
         out = att.attend(Q, K2, V2)
         assert_array_equal(out[..., :t, :], base[..., :t, :])
         assert np.abs(out[..., t:, :] - base[..., t:, :]).max() > 1e-3
