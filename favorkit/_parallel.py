@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor, wait
+from contextlib import contextmanager
 
 import numba
+import threadpoolctl
 from threadpoolctl import ThreadpoolController
 
 BLOCK_ROWS = 2048
@@ -34,25 +36,71 @@ _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _pool_size = 0
 _controller: ThreadpoolController | None = None
+_blas_users = 0  # calls (from any thread, nested or not) inside _blas_one_thread
+_blas_limiter = None  # the limit set by the first of them, undone by the last
 
 
-def _get_pool(n_threads):
+def _submit(func, count):
+    """Submit ``count`` calls of ``func`` to the shared pool, grown to ``count`` workers.
+
+    The pool only grows (callers in threads with different Numba thread counts share it);
+    a pool being replaced is shut down without waiting, which lets its submitted tasks
+    finish. Submitting under the lock keeps a pool from being shut down between a caller
+    fetching it and submitting to it.
+    """
     global _pool, _pool_size
     with _lock:
-        if _pool is None or _pool_size != n_threads:
-            if _pool is not None:
-                _pool.shutdown(wait=True)
-            _pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="favorkit")
-            _pool_size = n_threads
-        return _pool
+        if _pool is None or _pool_size < count:
+            old = _pool
+            _pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="favorkit")
+            _pool_size = count
+            if old is not None:
+                old.shutdown(wait=False)
+        return [_pool.submit(func) for _ in range(count)]
 
 
+def _release_blas_control():
+    """Let the calling thread set OpenBLAS's thread count.
+
+    threadpoolctl (>= 3.7) lets only one "controlling" Python thread change the limit of an
+    OpenBLAS with a process-wide thread pool, and silently ignores the others; favorkit
+    may be entered and left by any thread, so it takes control for each change and gives
+    it back afterwards.
+    """
+    controller_class = getattr(threadpoolctl, "OpenBLASController", None)
+    clear = getattr(controller_class, "clear_controlling_thread", None)
+    if clear is not None:
+        clear(force=True)
+
+
+@contextmanager
 def _blas_one_thread():
-    global _controller
+    """Hold BLAS to one thread while any favorkit call runs.
+
+    threadpoolctl's limits are process-wide, so concurrent and nested calls share one
+    limit: the first call in sets it, the last one out restores what was there before
+    (limits restored per call would undo each other in the wrong order and leave BLAS at
+    one thread for the rest of the process). One BLAS thread also keeps the results
+    independent of the calling thread: OpenBLAS's threaded GEMM rounds differently.
+    """
+    global _controller, _blas_users, _blas_limiter
     with _lock:
-        if _controller is None:
-            _controller = ThreadpoolController()
-    return _controller.limit(limits=1, user_api="blas")
+        if _blas_users == 0:
+            if _controller is None:
+                _controller = ThreadpoolController()
+            _release_blas_control()
+            _blas_limiter = _controller.limit(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _release_blas_control()
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
+                _release_blas_control()
 
 
 def row_slices(n_rows, block_rows=BLOCK_ROWS):
@@ -66,6 +114,12 @@ def map_row_blocks(func, n_rows, block_rows=BLOCK_ROWS):
     ``func`` writes its results into preallocated arrays; the first exception propagates
     (after the other threads have stopped taking blocks). Blocks are taken in order, so a
     block may wait for one taken before it (the pipelined causal attention does).
+
+    Safe under concurrency: calls from any number of threads, with any per-thread Numba
+    thread count, and calls nested inside ``func`` (say, a callable attention kernel that
+    calls a transformer) share one pool and one BLAS limit and never wait for a pool task
+    that has not started: the calling thread processes blocks itself, and when no block is
+    left it cancels the helpers still queued behind busy workers.
     """
     slices = row_slices(n_rows, block_rows)
     n_threads = min(numba.get_num_threads(), len(slices))
@@ -94,11 +148,15 @@ def map_row_blocks(func, n_rows, block_rows=BLOCK_ROWS):
                     failed.set()
                     raise
 
-        pool = _get_pool(numba.get_num_threads() - 1)
-        helpers = [pool.submit(drain) for _ in range(n_threads - 1)]
+        helpers = _submit(drain, n_threads - 1)
         try:
             drain()
         finally:
-            wait(helpers)
-        for future in helpers:
+            # Every block has been taken by a running thread; a helper still queued (its
+            # workers busy, e.g. with the call this one is nested in) has nothing to do. A
+            # cancelled future stays "not done" for wait() until a worker dequeues it, so
+            # only the helpers that did start are waited for.
+            started = [future for future in helpers if not future.cancel()]
+            wait(started)
+        for future in started:
             future.result()
