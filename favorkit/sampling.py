@@ -342,9 +342,21 @@ def draw(projection, n_components, n_features, random_state=None):
         raise ValueError(f"A user projection must be a real numeric array, got dtype {W.dtype}.")
     W = W.astype(np.float64)
     if W.shape != (n_components, n_features):
+        if W.ndim != 2:
+            problem = f"it has {W.ndim} dimensions"
+        else:
+            problems = []
+            if W.shape[0] != n_components:
+                problems.append(f"{W.shape[0]} rows, not n_components = {n_components}")
+            if W.shape[1] != n_features:
+                problems.append(
+                    f"{W.shape[1]} columns, not d = {n_features}, the input's number of features"
+                )
+            problem = "; ".join(problems)
         raise ValueError(
-            f"projection has shape {W.shape}, but n_components={n_components} and the input "
-            f"has {n_features} features: pass an array of shape ({n_components}, {n_features})."
+            f"projection has shape {W.shape}, but a projection matrix has one row ω_i per "
+            f"random projection and one column per input feature, i.e. shape (n_components, "
+            f"d) = ({n_components}, {n_features}): {problem}."
         )
     if not np.all(np.isfinite(W)):
         raise ValueError("projection contains NaN or inf; pass a finite matrix.")

@@ -162,8 +162,12 @@ def test_draw_by_name_and_array():
 def test_draw_errors():
     with pytest.raises(ValueError, match="projection must be one of"):
         sampling.draw("hadamard", 4, 3)
-    with pytest.raises(ValueError, match=r"pass an array of shape \(4, 3\)"):
+    with pytest.raises(
+        ValueError, match=r"= \(4, 3\): 3 rows, not n_components = 4; 4 columns, not d = 3,"
+    ):
         sampling.draw(np.zeros((3, 4)), 4, 3)
+    with pytest.raises(ValueError, match=r"= \(4, 3\): it has 1 dimensions"):
+        sampling.draw(np.zeros(12), 4, 3)
     with pytest.raises(ValueError, match="NaN or inf"):
         sampling.draw(np.full((4, 3), np.nan), 4, 3)
     with pytest.raises(ValueError, match="real numeric array"):
