@@ -2,11 +2,13 @@
 
 Public names: the transformers :class:`PositiveRandomFeatures` and :class:`OrthogonalRFF`,
 the attention estimator :class:`FavorAttention` with its functional core
-:func:`favor_attention` and exact reference :func:`softmax_attention`, and the modules
-:mod:`favorkit.sampling` and :mod:`favorkit.theory`.
+:func:`favor_attention` and exact reference :func:`softmax_attention`, the modules
+:mod:`favorkit.sampling` and :mod:`favorkit.theory`, and :class:`NumericalWarning`, the
+warning of the numerical guards (filter it like any warning).
 """
 
 from favorkit import sampling, theory
+from favorkit._warnings import NumericalWarning
 from favorkit.attention import FavorAttention, favor_attention, softmax_attention
 from favorkit.features import OrthogonalRFF, PositiveRandomFeatures
 
@@ -14,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FavorAttention",
+    "NumericalWarning",
     "OrthogonalRFF",
     "PositiveRandomFeatures",
     "__version__",

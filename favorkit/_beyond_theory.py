@@ -177,9 +177,18 @@ def optimal_gerf_a(phi, d):
     0.0
     """
     d = _check_d(d)
-    phi = np.maximum(_as_float(phi), 0.0)
-    rho = 2.0 * d / (np.sqrt((2.0 * phi + d) ** 2 + 8.0 * d * phi) + 2.0 * phi + d)
-    return ((1.0 - 1.0 / rho) / 8.0)[()]
+    phi = _as_float(phi)
+    if np.isnan(phi).any():
+        raise ValueError("phi must not be NaN.")
+    phi = np.maximum(phi, 0.0)
+    # With x = φ/d: 1/ρ* = (2x + 1)(1 + sqrt(1 + 8x/(2x + 1)²)) / 2, written so that
+    # nothing overflows before the result does (the form above squares 2φ + d).
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = phi / d
+        s = 2.0 * x + 1.0
+        inv_rho = s * (1.0 + np.sqrt(1.0 + 8.0 * (x / s) / s)) / 2.0
+        a = (1.0 - inv_rho) / 8.0
+    return np.where(np.isinf(phi), -np.inf, a)[()]
 
 
 def log_sphere_mgf(s, d):

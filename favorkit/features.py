@@ -14,8 +14,8 @@ Kernels (``kernel=``), with ``gamma > 0``:
 
 from __future__ import annotations
 
+import math
 import numbers
-import warnings
 
 import numpy as np
 import scipy.sparse as sp
@@ -28,6 +28,7 @@ from favorkit._kernels.feature_maps import (
     cos_offset_rows_inplace,
     cos_sin_rows,
     gerf_row_terms,
+    gerf_rows_dense,
     plus_minus_shift_rows,
     stage_gerf_rows,
 )
@@ -40,12 +41,9 @@ from favorkit._validation import (
     check_is_fitted,
     validate_data,
 )
+from favorkit._warnings import NumericalWarning
 
 __all__ = ["NumericalWarning", "OrthogonalRFF", "PositiveRandomFeatures"]
-
-
-class NumericalWarning(UserWarning):
-    """Features fell outside the range of the output dtype (underflow to zero)."""
 
 
 _KERNELS = ("softmax", "gaussian")
@@ -122,19 +120,21 @@ class _RandomFeatures(TransformerMixin, BaseEstimator):
 
 
 def _row_sq_norms(X, weights=None):
-    """|x_i|² (or Σ_l weights_l x_il²) as float64, accumulated in X's own precision.
+    """|x_i|² (or Σ_l weights_l x_il²) in float64, for dense or CSR rows.
 
-    For float32 data the rounding error of a float32 sum (~1e-7 |x|²) is of the same order
-    as that of the float32 GEMM it is added to, and a float64 accumulation cost a full
-    extra conversion pass over X in the benchmark.
+    Accumulated in float64: a float32 sum overflows already for entries around 1e19, and
+    would then blame the data for an overflow of its own.
     """
-    if weights is not None:
-        if sp.issparse(X):
-            return np.asarray(X.multiply(X) @ weights, dtype=np.float64).ravel()
-        return np.einsum("ij,ij,j->i", X, X, weights.astype(X.dtype)).astype(np.float64)
     if sp.issparse(X):
-        return np.asarray(X.multiply(X).sum(axis=1), dtype=np.float64).ravel()
-    return np.einsum("ij,ij->i", X, X).astype(np.float64)
+        with np.errstate(over="ignore"):  # an inf norm is reported by the caller
+            sq = X.data.astype(np.float64) ** 2
+            if weights is not None:
+                sq *= weights[X.indices]
+        X = sp.csr_matrix((sq, X.indices, X.indptr), shape=X.shape)
+        return np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    if weights is not None:
+        return np.einsum("ij,ij,j->i", X, X, weights, dtype=np.float64)
+    return np.einsum("ij,ij->i", X, X, dtype=np.float64)
 
 
 def _project_into(X_rows, WT, out):
@@ -153,10 +153,11 @@ def _log_range(dtype):
 
 def _raise_non_finite(X_rows, fix):
     """The error for rows whose norm is not finite: NaN or inf in X (sklearn's wording), or
-    finite values so large that |x|² overflows."""
-    if np.isnan(X_rows).any():
+    finite values so large that |x|² overflows float64."""
+    values = X_rows.data if sp.issparse(X_rows) else X_rows
+    if np.isnan(values).any():
         raise ValueError("Input X contains NaN.")
-    if not np.isfinite(X_rows).all():
+    if not np.isfinite(values).all():
         raise ValueError(
             f"Input X contains infinity or a value too large for dtype('{X_rows.dtype}')."
         )
@@ -166,30 +167,40 @@ def _raise_non_finite(X_rows, fix):
     )
 
 
-def _check_log_features(row_max, dtype, *, fix):
-    """Raise if any feature overflows ``dtype``; warn if a whole row underflows.
+def _projection_overflow(n_bad, n_rows, dtype, fix, at_least=False):
+    return ValueError(
+        f"{'At least ' if at_least else ''}{n_bad} of {n_rows} rows of X have a projection "
+        f"W·x that overflows "
+        f"{np.dtype(dtype).name} (the features of such a row cannot be computed in this "
+        f"dtype). {fix}"
+    )
 
-    ``row_max[i]`` is the largest log-feature of row i (NaN if the exponents themselves
-    overflowed). Never lets inf, NaN or all-zero rows pass silently (DESIGN.md).
+
+def _check_log_features(row_max, n_rows, dtype, *, fix, what):
+    """Raise if any feature overflows ``dtype`` or every feature of a row underflows.
+
+    ``row_max`` holds the largest log-feature of the rows that were checked (``-inf`` when
+    all of a row's features underflow). ``n_rows`` is the number of rows of X, ``what``
+    the map's formula for the message. Never lets inf, NaN or all-zero rows pass silently:
+    a row whose features are all 0 gives kernel estimates of 0, ``K(x, x)`` included.
     """
     log_max, log_tiny = _log_range(dtype)
-    over = ~(row_max <= log_max)
     name = np.dtype(dtype).name
+    over = ~(row_max <= log_max)
     if over.any():
         worst = np.nanmax(row_max) if np.isfinite(row_max).any() else np.inf
         raise ValueError(
-            f"{int(over.sum())} of {row_max.size} rows have features that overflow {name} "
+            f"{int(over.sum())} of {n_rows} rows of X have features that overflow {name} "
             f"(largest log-feature {worst:.4g} > {log_max:.4g}), so the kernel estimates would "
             f"be inf. {fix}"
         )
     under = row_max < log_tiny
     if under.any():
-        warnings.warn(
-            f"{int(under.sum())} of {row_max.size} rows have every feature below the smallest "
+        raise ValueError(
+            f"{int(under.sum())} of {n_rows} rows of X have every feature below the smallest "
             f"normal {name} (largest log-feature {row_max[under].max():.4g} < {log_tiny:.4g}): "
-            f"their kernel estimates are 0 or imprecise. {fix}",
-            NumericalWarning,
-            stacklevel=4,
+            f"their features would be 0, so every kernel estimate involving them, K(x, x) "
+            f"included, would be 0 (the features are {what}). {fix}"
         )
 
 
@@ -221,8 +232,9 @@ class PositiveRandomFeatures(_RandomFeatures):
 
     Features are computed in log space and exponentiated once, with no data-dependent
     max-subtraction, so ``transform(X) @ transform(Y).T`` estimates ``K(X, Y)`` at its true
-    scale. If a feature would overflow the dtype a ``ValueError`` says so; if every feature
-    of a row underflows a :class:`NumericalWarning` says so.
+    scale. If a feature would overflow the dtype, or every feature of a row would underflow
+    to 0 (so that every kernel estimate of that row, ``K(x, x)`` included, would be 0), a
+    ``ValueError`` says how many rows of X and how to fix it.
 
     Parameters
     ----------
@@ -390,10 +402,12 @@ class PositiveRandomFeatures(_RandomFeatures):
         # Per-coordinate input scale: c, times Ψ (queries) or 1/Ψ (keys) for SADERF.
         psi = self.query_scale_ if side == "query" else 1.0 / self.query_scale_
         col_scale = np.sqrt(c2) * psi
-        WT = np.ascontiguousarray((self.projection_ * (b * col_scale)).T, dtype=dtype)
+        with np.errstate(over="ignore"):
+            WT = np.ascontiguousarray((self.projection_ * (b * col_scale)).T, dtype=dtype)
         # log φ_j(x) = A|ω_j|² + B ω_j·ũ - |ũ|²/2 [- |u|²/2 for the Gaussian kernel]
-        #              + (d/4) log(1 - 4A) - ½ log(n_cols)     (beyond.md §2.1; math.md a.4)
-        # with ũ = Ψ^{±1} u (= u except for SADERF). A = 0 gives Lemma 1's positive map.
+        #              + (d/4) log(1 - 4A) - ½ log(n_cols)     (Likhosherstov et al. 2022,
+        # Eq. 7; Lemma 1) with ũ = Ψ^{±1} u (= u except for SADERF). A = 0 gives Lemma 1's
+        # positive map.
         w_sq = np.einsum("ij,ij->i", self.projection_, self.projection_)
         col_term = a * w_sq
         log_const = 0.25 * d * np.log1p(-4.0 * a) - 0.5 * np.log(n_cols)
@@ -401,7 +415,8 @@ class PositiveRandomFeatures(_RandomFeatures):
         log_max, log_tiny = _log_range(dtype)
         # Completing the square, A|ω|² + Bω·ũ - |ũ|²/2 <= (1/2 - A)|ω|²: when this data-free
         # bound is inside the dtype's range no feature can overflow, and per-row maxima (an
-        # extra pass) are only needed for rows that might underflow.
+        # extra pass) are only needed for rows that might underflow. A projection that
+        # overflows the dtype (a huge gamma in float32) makes every row suspect.
         may_overflow = w_sq.max() * (0.5 - a) + log_const > log_max
         w_norm = np.sqrt(w_sq.max())
         out = np.empty((n, n_cols), dtype=dtype)
@@ -414,8 +429,11 @@ class PositiveRandomFeatures(_RandomFeatures):
         fold = not hyperbolic and not sp.issparse(X)
         if fold:
             extra = [np.ones((1, m))] + ([col_term[None, :]] if a != 0.0 else [])
-            WT = np.vstack([WT, *[e.astype(dtype) for e in extra]])
-        col_term_t = col_term.astype(dtype)
+            with np.errstate(over="ignore"):
+                WT = np.vstack([WT, *[e.astype(dtype) for e in extra]])
+        with np.errstate(over="ignore"):
+            col_term_t = col_term.astype(dtype)
+        check_all = may_overflow or not np.isfinite(WT).all() or not np.isfinite(col_term_t).all()
         weights_t = col_scale**2  # |ũ|² = Σ_l (c ψ_l)² x_l²
         params = np.array(
             [
@@ -424,9 +442,15 @@ class PositiveRandomFeatures(_RandomFeatures):
                 a * w_norm**2,
                 b * w_norm,
                 log_tiny,
-                float(may_overflow),
+                float(check_all),
             ]
         )
+
+        def upper_bound(X_rows, shift):
+            """An upper bound on each row's largest log-feature, from its norm alone:
+            shift + max_j A|ω_j|² + B |ω|max |ũ| (used where the projection itself
+            overflowed the dtype, to tell rows that underflow anyway)."""
+            return shift + a * w_sq.min() + b * w_norm * np.sqrt(_row_sq_norms(X_rows, weights_t))
 
         def block(rows):
             # One Numba pass stages the block (norms, row terms, range checks, the GEMM's
@@ -440,11 +464,14 @@ class PositiveRandomFeatures(_RandomFeatures):
                 Xs = np.empty((nb, WT.shape[0]), dtype=dtype)
                 stage_gerf_rows(Xb, c2, weights_t, params, Xs, shift, check)
                 np.matmul(Xs, WT, out=z)
-            else:
+            elif sp.issparse(Xb):
                 gerf_row_terms(
                     _row_sq_norms(Xb) * c2, _row_sq_norms(Xb, weights_t), params, shift, check
                 )
                 _project_into(Xb, WT, z)
+            else:
+                gerf_rows_dense(Xb, c2, weights_t, params, shift, check)
+                np.matmul(Xb, WT, out=z)
             if hyperbolic:
                 plus_minus_shift_rows(z, shift.astype(dtype), out[rows])
                 if check.any():
@@ -457,20 +484,33 @@ class PositiveRandomFeatures(_RandomFeatures):
                         z += col_term_t
                 if check.any():
                     row_max[rows][check] = z[check].max(axis=1)
+            if check.any():
+                # NaN or +inf: the projection overflowed the dtype. Such a row is an
+                # underflow if its features are all tiny anyway, else an overflow error.
+                rm = row_max[rows]
+                lost = check & ~np.isfinite(rm) & (np.isnan(rm) | (rm > 0))
+                if lost.any():
+                    ub = upper_bound(Xb[lost], shift[lost])
+                    rm[lost] = np.where(ub < log_tiny, -np.inf, np.nan)
             checked[rows] = check
             # Exponentiate in place, while the block is in cache (_kernels/fastexp.py).
             exp_inplace(out[rows])
 
         with np.errstate(over="ignore", under="ignore", invalid="ignore"):
             map_row_blocks(block, n)
-        fix = "Scale X down or lower gamma" + (
+        fix = "Scale X down (e.g. StandardScaler) or lower gamma" + (
             ", or pass float64 data." if dtype == np.float32 else "."
         )
         non_finite = ~np.isfinite(row_shift)
         if non_finite.any():
             _raise_non_finite(X[non_finite], fix)
         if checked.any():
-            _check_log_features(row_max[checked], dtype, fix=fix)
+            rm = row_max[checked]
+            lost = np.isnan(rm)
+            if lost.any():
+                raise _projection_overflow(int(lost.sum()), n, dtype, fix)
+            what = "exp(A|ω|² + Bω·ũ - |ũ|²/2 ...)" if a != 0.0 else "exp(ω·u - |u|²/2 ...)"
+            _check_log_features(rm, n, dtype, fix=fix, what=what + ", u = c x")
         return out
 
 
@@ -488,24 +528,38 @@ def gerf_parameters(mean_x, mean_sq_x, mean_y, mean_sq_y, *, saderf):
     ex = np.asarray(mean_sq_x, dtype=np.float64)
     ey = np.asarray(mean_sq_y, dtype=np.float64)
     d = ex.size
-    if saderf:
-        eps = 1e-12 * max(ex.sum() + ey.sum(), np.finfo(np.float64).tiny) / d
-        psi = ((ey + eps) / (ex + eps)) ** 0.25
-    else:
-        psi = np.ones(d)
-    phi = float(ex @ psi**2 + ey @ psi**-2 + 2.0 * np.dot(mean_x, mean_y))
+    with np.errstate(over="ignore", invalid="ignore"):
+        if saderf:
+            total = ex.sum() + ey.sum()
+            if not np.isfinite(total):  # Ψ is scale-free: rescale huge (finite) moments
+                top = max(ex.max(), ey.max())
+                ex, ey, total = ex / top, ey / top, (ex / top).sum() + (ey / top).sum()
+            eps = 1e-12 * max(total, np.finfo(np.float64).tiny) / d
+            psi = ((ey + eps) / (ex + eps)) ** 0.25
+            ex, ey = np.asarray(mean_sq_x, dtype=np.float64), np.asarray(mean_sq_y, np.float64)
+        else:
+            psi = np.ones(d)
+        phi = float(ex @ psi**2 + ey @ psi**-2 + 2.0 * np.dot(mean_x, mean_y))
+    if not (np.isfinite(phi) and np.isfinite(psi).all()):
+        raise ValueError(
+            "The FAVOR++/SADERF statistics of the inputs (mean squared norms of the scaled "
+            "inputs) overflow float64; scale the inputs down (or lower gamma / scale)."
+        )
     return float(optimal_gerf_a(phi, d)), psi
 
 
 def _column_moments(X, c2=1.0):
     """Per-coordinate mean and mean of squares of ``sqrt(c2) X`` (float64; CSR or dense)."""
-    if sp.issparse(X):
-        mean = np.asarray(X.mean(axis=0), dtype=np.float64).ravel()
-        mean_sq = np.asarray(X.multiply(X).mean(axis=0), dtype=np.float64).ravel()
-    else:
-        mean = X.mean(axis=0, dtype=np.float64)
-        mean_sq = np.einsum("ij,ij->j", X, X, dtype=np.float64) / X.shape[0]
-    return np.sqrt(c2) * mean, c2 * mean_sq
+    with np.errstate(over="ignore", invalid="ignore"):  # gerf_parameters checks the result
+        if sp.issparse(X):
+            data = X.data.astype(np.float64)
+            mean = np.asarray(X.mean(axis=0, dtype=np.float64)).ravel()
+            squares = sp.csr_matrix((data * data, X.indices, X.indptr), shape=X.shape)
+            mean_sq = np.asarray(squares.mean(axis=0)).ravel()
+        else:
+            mean = X.mean(axis=0, dtype=np.float64)
+            mean_sq = np.einsum("ij,ij->j", X, X, dtype=np.float64) / X.shape[0]
+        return np.sqrt(c2) * mean, c2 * mean_sq
 
 
 def fit_gerf_parameters(X, Y, c2, *, saderf):
@@ -635,24 +689,47 @@ class OrthogonalRFF(_RandomFeatures):
         n = X.shape[0]
         m = self.n_components
         c2 = 2.0 * self.gamma if self.kernel == "gaussian" else self.gamma
-        WT = self._scaled_projection_T(np.sqrt(c2), dtype)
-        # log of the row factor: h(x) = exp(gamma|x|²/2) for the softmax kernel (spec a.3),
+        fix = "Scale X down or lower gamma" + (
+            ", or pass float64 data." if dtype == np.float32 else "."
+        )
+        with np.errstate(over="ignore"):
+            WT = self._scaled_projection_T(np.sqrt(c2), dtype)
+        if not np.isfinite(WT).all():
+            raise ValueError(
+                f"gamma={self.gamma!r} makes the scaled projection overflow {dtype.name}, so no "
+                f"feature can be computed in {dtype.name}. {fix}"
+            )
+        # |ω·u| <= |ω|_1 max|u|: if this bound is finite in the dtype the GEMM cannot
+        # overflow; otherwise each block checks its projections (cos(inf) is NaN).
+        values = X.data if sp.issparse(X) else X
+        x_max = max(float(values.max(initial=0.0)), -float(values.min(initial=0.0)))
+        w_l1 = float(np.abs(self.projection_).sum(axis=1).max())
+        may_overflow = math.sqrt(c2) * w_l1 * x_max >= float(np.finfo(dtype).max)
+        # log of the row factor: h(x) = exp(gamma|x|²/2) for the softmax kernel (Lemma 1),
         # times 1/sqrt(m) ([cos, sin]) or sqrt(2/m) (cos with offsets).
         log_scale = np.full(
             n, -0.5 * np.log(m) if self.features == "cossin" else 0.5 * np.log(2 / m)
         )
         if self.kernel == "softmax":
-            log_scale += 0.5 * self.gamma * _row_sq_norms(X)
-        _check_log_features(
-            log_scale,
-            dtype,
-            fix="Scale X down or lower gamma (the softmax kernel's trigonometric features "
-            "grow like exp(gamma|x|²/2); PositiveRandomFeatures does not)"
-            + (", or pass float64 data." if dtype == np.float32 else "."),
-        )
+            with np.errstate(over="ignore"):  # an overflow is an inf log-feature: checked
+                log_scale += 0.5 * self.gamma * _row_sq_norms(X)
+            _check_log_features(
+                log_scale,
+                n,
+                dtype,
+                fix="Scale X down or lower gamma (the softmax kernel's trigonometric features "
+                "grow like exp(gamma|x|²/2); PositiveRandomFeatures does not)"
+                + (", or pass float64 data." if dtype == np.float32 else "."),
+                what="[cos(ω·u), sin(ω·u)] exp(gamma|x|²/2) / sqrt(m)",
+            )
         out = np.empty((n, 2 * m if self.features == "cossin" else m), dtype=dtype)
         if self.features == "cos":
             offset = self.random_offset_.astype(dtype)
+
+        def check_projection(z):
+            if may_overflow and not np.isfinite(z).all():
+                n_bad = int((~np.isfinite(z).all(axis=1)).sum())
+                raise _projection_overflow(n_bad, n, dtype, fix, at_least=True)
 
         # float32: numpy's SIMD sin/cos measured 4.4x faster than Numba's libm calls; in
         # float64 numpy's are scalar here and the fused Numba loop was 1.5x faster.
@@ -662,7 +739,9 @@ class OrthogonalRFF(_RandomFeatures):
             o = out[rows]
             if self.features == "cossin":
                 z = np.empty((rows.stop - rows.start, m), dtype=dtype)
-                _project_into(X[rows], WT, z)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    _project_into(X[rows], WT, z)
+                check_projection(z)
                 if use_numpy:
                     np.cos(z, out=o[:, :m])
                     np.sin(z, out=o[:, m:])
@@ -670,7 +749,9 @@ class OrthogonalRFF(_RandomFeatures):
                 else:
                     cos_sin_rows(z, log_scale[rows], o)
             else:
-                _project_into(X[rows], WT, o)
+                with np.errstate(over="ignore", invalid="ignore"):
+                    _project_into(X[rows], WT, o)
+                check_projection(o)
                 if use_numpy:
                     o += offset
                     np.cos(o, out=o)

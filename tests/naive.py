@@ -44,6 +44,12 @@ def stage_gerf_rows(x, c2, weights_t, params, n_cols):
     return xs.astype(x.dtype), shift, check
 
 
+def gerf_rows_dense(x, c2, weights_t, params):
+    """gerf_row_terms of the float64 norms c2 |x|² and Σ weights_t x²."""
+    x64 = x.astype(np.float64)
+    return gerf_row_terms(c2 * (x64**2).sum(1), (x64**2) @ weights_t, params)
+
+
 # --- exponential (favorkit/_kernels/fastexp.py) --------------------------------------------
 
 
@@ -94,14 +100,17 @@ def causal_block(fq, fk, s, u, state, R0):
 
 
 def merge_normalize(num, ref, cross, r_cross):
-    """``row = exp(ref) num + exp(r_cross) cross``; ``row[:-1] / row[-1]``, 0 if not > 0."""
+    """``row = exp(ref) num + exp(r_cross) cross``; ``row[:-1] / row[-1]``, 0 where the
+    normalizer is not positive and finite or the quotient is not finite."""
     rows = np.exp(ref)[:, None] * num
     if cross.shape[0]:
         rows = rows + np.exp(r_cross) * cross
     den = rows[:, -1]
-    ok = den > 0
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        quotient = rows[:, :-1] / den[:, None]
+    ok = (den > 0) & np.isfinite(den) & np.isfinite(quotient).all(axis=1)
     out = np.zeros((num.shape[0], num.shape[1] - 1))
-    out[ok] = rows[ok, :-1] / den[ok, None]
+    out[ok] = quotient[ok]
     seen = np.isfinite(ref) | (cross.shape[0] > 0 and np.isfinite(r_cross))
     return out, int((seen & ~ok).sum())
 
@@ -159,3 +168,76 @@ def column_moments(X, skip):
     if len(skip):
         X = X[~skip]
     return np.stack([X.sum(axis=0), (X**2).sum(axis=0)]), X.shape[0]
+
+
+# --- positive features in log space (favorkit/_kernels/attention.py) -----------------------
+
+
+def key_column_max(z, rt, c):
+    """max(c, column maxima of z + rt over the rows with rt > -inf); and all those finite."""
+    visible = rt > -np.inf
+    rows = z[visible].astype(np.float64)
+    c = c.copy()
+    if rows.size:
+        c = np.maximum(c, (rows + rt[visible, None]).max(axis=0))
+    return c, bool(np.isfinite(rows).all())
+
+
+def shift_keys(z, rt, c):
+    """z + rt - c (rounded once to z's dtype), -inf rows where rt = -inf."""
+    out = (z.astype(np.float64) + rt[:, None]) - c[None, :]
+    out[rt == -np.inf] = -np.inf
+    return out.astype(z.dtype)
+
+
+def shift_queries(z, c):
+    """y - max_i y with y = z + c, per row (rounded once to z's dtype)."""
+    y = z.astype(np.float64) + c[None, :]
+    return (y - y.max(axis=1, keepdims=True)).astype(z.dtype), bool(np.isfinite(z).all())
+
+
+def value_exponents(v, rt, bits, kappa):
+    """Smallest kappa_k >= kappa0_k with max |v_jk| 2^-kappa_k <= 2^bits over visible rows."""
+    kappa = kappa.copy()
+    top = np.abs(v[rt > -np.inf].astype(np.float64)).max(axis=0, initial=0.0)
+    for k, x in enumerate(top):
+        while x > 0 and x * 2.0 ** -kappa[k] > 2.0**bits:
+            kappa[k] += 1
+    return kappa
+
+
+def scaled_values(v, kappa):
+    """[v 2^-kappa, 1]."""
+    return np.concatenate([v * 2.0**-kappa, np.ones((v.shape[0], 1))], axis=1)
+
+
+def normalize_rows(num, kappa):
+    """num[:, :-1] / num[:, -1] 2^kappa."""
+    return num[:, :-1] / num[:, -1:] * 2.0**kappa
+
+
+def log_state_true_scale(state, c, kappa):
+    """The sums a (state, c, kappa) triple stands for: exp(c_i) state_i [2^kappa, 1]."""
+    with np.errstate(invalid="ignore"):
+        full = np.exp(c)[:, None] * state * np.append(2.0**kappa, 1.0)[None, :]
+    return np.nan_to_num(full)  # columns with c = -inf hold nothing
+
+
+def log_causal_block(zq, zk, rt, v, state, c, kappa):
+    """Causal positive attention at true scale, position by position, in float64.
+
+    ``out[t] = num[:-1] / num[-1]`` with ``num = sum_i exp(zq_ti) (carried_i + sum_{j<=t}
+    exp(zk_ji + rt_j) [v_j, 1])``; also returns the total carried sums after the block.
+    """
+    zq, zk, v = (np.asarray(a, dtype=np.float64) for a in (zq, zk, v))
+    acc = log_state_true_scale(state, c, kappa)
+    out = np.zeros((zq.shape[0], v.shape[1]))
+    seen = np.isfinite(c).any()
+    for t in range(zq.shape[0]):
+        if rt[t] > -np.inf:
+            acc = acc + np.outer(np.exp(zk[t] + rt[t]), np.append(v[t], 1.0))
+            seen = True
+        if seen:
+            num = np.exp(zq[t]) @ acc
+            out[t] = num[:-1] / num[-1]
+    return out, acc

@@ -79,6 +79,22 @@ def test_stage_gerf_rows_and_row_terms(dtype, check_all):
     fm.gerf_row_terms(sq_u, sq_t, params, shift, check)
     assert_allclose(shift, shift_ref, rtol=1e-13)
     assert_array_equal(check, check_ref)
+    shift[:], check[:] = np.nan, False
+    fm.gerf_rows_dense(x, 1.7, weights, params, shift, check)
+    shift_dense, check_dense = naive.gerf_rows_dense(x, 1.7, weights, params)
+    assert_allclose(shift, shift_dense, rtol=1e-13)
+    assert_array_equal(check, check_dense)
+
+
+def test_row_norms_accumulate_in_float64():
+    """float32 entries of 1e19: |x|² = 4e38 overflows float32, not the float64 accumulator."""
+    x = np.full((2, 4), 1e19, dtype=np.float32)
+    shift = np.empty(2)
+    check = np.empty(2, dtype=bool)
+    params = np.array([0.0, 0.0, 0.0, 1.0, -80.0, 0.0])
+    fm.gerf_rows_dense(x, 1.0, np.ones(4), params, shift, check)
+    assert np.isfinite(shift).all()
+    assert_allclose(shift, naive.gerf_rows_dense(x, 1.0, np.ones(4), params)[0], rtol=1e-13)
 
 
 # --- exponential -----------------------------------------------------------------------------

@@ -117,3 +117,27 @@ def stage_gerf_rows(x, c2, weights_t, params, xs, shift, check):
     gerf_row_terms(sq_u, sq_t, params, shift, check)
     for i in range(n):
         xs[i, d] = shift[i]
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
+def gerf_rows_dense(x, c2, weights_t, params, shift, check):
+    """Row norms of a dense block in float64 and the row terms of :func:`gerf_row_terms`.
+
+    For maps that cannot fold the row term into the GEMM (the hyperbolic pair): one pass
+    over the block, accumulating in float64 without converting it first (a float32
+    accumulation overflows for entries around 1e19). ``fastmath={"reassoc"}`` as in
+    :func:`stage_gerf_rows`.
+    """
+    n, d = x.shape
+    sq_u = np.empty(n)
+    sq_t = np.empty(n)
+    for i in range(n):
+        acc_u = 0.0
+        acc_t = 0.0
+        for j in range(d):
+            v = np.float64(x[i, j])
+            acc_u += v * v
+            acc_t += weights_t[j] * v * v
+        sq_u[i] = c2 * acc_u
+        sq_t[i] = acc_t
+    gerf_row_terms(sq_u, sq_t, params, shift, check)
