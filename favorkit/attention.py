@@ -5,25 +5,36 @@ Three public names:
 * :func:`softmax_attention`: the exact reference ``softmax(scale Q K^T) V`` with
   log-sum-exp and float64 accumulation, in query row blocks (L = 32 768 fits in memory).
 * :func:`favor_attention`: the functional core of linear attention with random features
-  (``spec/math.md`` a.1, a.9, a.10): bidirectional ``φ(Q) (φ(K)^T [V 1])``, or causal
+  (Choromanski et al. 2021, Eq. 4 and Sec. 2.7): bidirectional ``φ(Q) (φ(K)^T [V 1])``, or causal
   prefix sums of ``φ(k_j) [v_j 1]^T``, never forming an L x L matrix, an L x m x d tensor or
   even a whole L x m feature matrix.
 * :class:`FavorAttention`: the sklearn-style estimator that draws the projection in ``fit``
   and keeps it (``redraw()`` draws a new one).
 
-How stabilization works, and why it cannot leak (DESIGN.md "never leaks", peers.md 4.4).
-Every feature row is split into a bounded part and a log-constant: a query row loses its
-own maximum (a per-row constant, which cancels in the row's normalization); a key row
-``j`` is stored as ``exp(s_j) * fk_j`` with ``fk_j`` bounded and ``s_j`` a float64 number
-that depends on key ``j`` alone. Sums over keys are kept relative to a running reference
-(the largest ``s`` seen so far) and rescaled when it grows, so no constant depends on a
-future position; no epsilon is ever added after a stabilizer, so no key can change
-another key's weight. A padded key gets a zero feature row and ``s = -inf``: it adds
-nothing to the numerator or the denominator. In the causal kernel a row's reference and
-its code path depend on earlier positions only, so a future key changes no earlier output
-by even one ulp (``favorkit/_kernels/attention.py``, ``causal_block``).
+How stabilization works, and why it cannot leak. Exponential features overflow unless a
+maximum is subtracted somewhere, and subtracting one that depends on future keys leaks
+them into earlier outputs (the official code does, through its epsilon).
 
-FAVOR++ and SADERF (``spec/beyond.md`` §2, §3.3) fit ``A*`` (and ``Ψ``) from statistics of
+* Positive estimators (FAVOR+, hyperbolic, FAVOR++, SADERF) work in log space with one
+  reference per feature column: a key's feature ``i`` is ``exp(z_ji - c_i)`` with ``c_i``
+  the largest log-feature of column ``i`` over the keys seen, and a query's weights are
+  ``exp(z_ti + c_i - M_t)`` with ``M_t`` the row's largest ``z_ti + c_i``, a per-row
+  constant that cancels in its normalization. The largest term of every row is exactly 1,
+  so its normalizer is >= 1: nothing underflows, however large and opposed the queries
+  and keys, and the output is a convex combination of the visible value rows. Values are
+  scaled per column by powers of two (exact) so that sums cannot overflow. In causal mode
+  the references depend on earlier keys only (:func:`favorkit._kernels.attention.log_causal_block`).
+* Signed features (the trigonometric estimator, generalized kernels) keep a bounded part
+  and a float64 log-constant per key, summed relative to a running reference; a row whose
+  normalizer is not positive, or whose output is not finite, is set to 0 and counted in
+  a :class:`~favorkit.NumericalWarning`.
+
+No epsilon is ever added after a stabilizer, so no key can change another key's weight. A
+padded key adds nothing to the numerator or the denominator. In the causal kernels a row's
+references and its code path depend on earlier positions only, so a future key changes no
+earlier output by even one ulp.
+
+FAVOR++ and SADERF (Likhosherstov et al. 2022, 2023) fit ``A*`` (and ``Ψ``) from statistics of
 the queries and keys. Bidirectional attention fits them per call, per sequence and head
 (as the official ``expplus``); the features then go through the same stabilization as
 FAVOR+. Causal attention cannot: ``A*`` over the whole sequence depends on future keys,
@@ -36,13 +47,25 @@ from __future__ import annotations
 import math
 import numbers
 import threading
-import warnings
 
 import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
 from favorkit import sampling
-from favorkit._kernels.attention import causal_block, column_moments, merge_normalize
+from favorkit._kernels.attention import (
+    causal_block,
+    column_moments,
+    key_column_max,
+    log_causal_block,
+    log_causal_stage,
+    merge_log_states,
+    merge_normalize,
+    normalize_rows,
+    scaled_values,
+    shift_keys,
+    shift_queries,
+    value_exponents,
+)
 from favorkit._kernels.fastexp import exp_inplace
 from favorkit._kernels.feature_maps import cos_sin_rows, plus_minus_shift_rows
 from favorkit._parallel import map_row_blocks
@@ -52,16 +75,39 @@ from favorkit._validation import (
     _fit_context,
     check_is_fitted,
     validate_data,
+    validate_params,
 )
-from favorkit.features import NumericalWarning, gerf_parameters
+from favorkit._warnings import warn
+from favorkit.features import gerf_parameters
 
 __all__ = ["FavorAttention", "favor_attention", "softmax_attention"]
 
 ESTIMATORS = ("positive", "hyperbolic", "trig", "optimal", "saderf")
+# Estimators whose features are exponentials: computed in log space (_favor_positive).
+POSITIVE = ("positive", "hyperbolic", "optimal", "saderf")
 # Generalized exponential (GERF) estimators whose parameters A (and Ψ) are fitted from the
 # statistics of the queries and keys (spec/beyond.md §2.3, §3.3).
 GERF = ("optimal", "saderf")
 GENERALIZED = ("relu", "elu", "exp", "abs")
+
+# Parameter constraints shared by FavorAttention and favor_attention (one definition, so
+# both reject the same values with the same messages), and those of the arrays.
+_PARAMETERS = {
+    "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
+    "kernel": [StrOptions({"softmax", *GENERALIZED}), callable],
+    "estimator": [StrOptions(set(ESTIMATORS))],
+    "projection": [StrOptions(set(sampling.PROJECTIONS)), "array-like", None],
+    "causal": ["boolean"],
+    "scale": [Interval(numbers.Real, 0.0, None, closed="neither"), None],
+    "kernel_epsilon": [Interval(numbers.Real, 0.0, None, closed="left")],
+    "random_state": ["random_state", np.random.Generator],
+}
+_ARRAYS = {
+    "Q": ["array-like"],
+    "K": ["array-like"],
+    "V": ["array-like"],
+    "key_padding_mask": ["array-like", None],
+}
 
 # Rows per task (one task = one block of one sequence, on one thread with one BLAS thread).
 # Measured on the 2-core development machine at L = 16 384 (d = 64, m = 256, best of 15):
@@ -83,6 +129,13 @@ KEY_SUBBLOCK = 1024
 # e^20 (5e8) x m x |v| stay far from overflow (3e38); larger gaps (a new, much larger key)
 # take the exact per-row path.
 _THRESH = {np.dtype(np.float32): 20.0, np.dtype(np.float64): 300.0}
+# The positive (log-space) causal kernel's fast path: keys at most e^thresh above the
+# carried per-column references, values at most 2^bits after their per-column power-of-two
+# scaling. Sums of 2^40 rows of such terms over 2^12 feature columns stay below the dtype's
+# largest number: float32 2^(40 + 29 + 48 + 12) < 2^128 (e^20 < 2^29), float64
+# 2^(40 + 289 + 600 + 12) < 2^1024 (e^200 < 2^289).
+_LOG_THRESH = {np.dtype(np.float32): 20.0, np.dtype(np.float64): 200.0}
+_VALUE_BITS = {np.dtype(np.float32): 48, np.dtype(np.float64): 600}
 # Logit entries per block of the exact reference (16 MiB of float64).
 _EXACT_BLOCK_ELEMS = 1 << 21
 
@@ -165,6 +218,10 @@ def _check_finite(X, name):
         raise ValueError(f"{name} contains NaN or inf; attention needs finite inputs.")
 
 
+def _max_abs(X):
+    return max(float(X.max(initial=0.0)), -float(X.min(initial=0.0)))
+
+
 def _resolve_scale(scale, d):
     if scale is None:
         return 1.0 / math.sqrt(d)
@@ -177,6 +234,10 @@ def _resolve_scale(scale, d):
 # exact reference
 
 
+@validate_params(
+    {**_ARRAYS, "causal": _PARAMETERS["causal"], "scale": _PARAMETERS["scale"]},
+    prefer_skip_nested_validation=True,
+)
 def softmax_attention(Q, K, V, *, causal=False, scale=None, key_padding_mask=None):
     """Exact softmax attention ``softmax(scale Q K^T) V``, the reference for FAVOR.
 
@@ -237,7 +298,20 @@ def softmax_attention(Q, K, V, *, causal=False, scale=None, key_padding_mask=Non
         if b == 0:  # once per sequence; an error in any task aborts the whole call
             _check_finite(Kf[n], "K")
             _check_finite(Vf[n], "V")
-        logits = (q.astype(np.float64) * scale) @ k.T.astype(np.float64)
+        q64, k64 = q.astype(np.float64), k.astype(np.float64)
+        # |scale q·k| <= (scale max|q|) (d max|k|). Where a factor could pass 2^500 the
+        # product could overflow float64: the logits are then computed at a power-of-two
+        # scale 2^-shift (exact, but for underflow of terms that cannot matter) and only
+        # their differences to the row maximum are scaled back. Those overflow to -inf,
+        # weight 0, which is what they are.
+        mantissa, e_scale = math.frexp(scale)
+        s1 = max(0, e_scale + math.frexp(_max_abs(q64))[1] - 500)
+        s2 = max(0, math.frexp(float(q.shape[1]))[1] + math.frexp(_max_abs(k64))[1] - 500)
+        shift = s1 + s2
+        if shift:
+            logits = np.ldexp(q64 * mantissa, e_scale - s1) @ np.ldexp(k64, -s2).T
+        else:
+            logits = (q64 * scale) @ k64.T
         if causal:
             t = np.arange(lo, hi)[:, None]
             logits[np.arange(kend)[None, :] > t] = -np.inf
@@ -246,7 +320,11 @@ def softmax_attention(Q, K, V, *, causal=False, scale=None, key_padding_mask=Non
         top = logits.max(axis=1, keepdims=True)
         empty = ~np.isfinite(top[:, 0])
         top[empty] = 0.0
-        np.exp(logits - top, out=logits)
+        logits -= top
+        if shift:
+            with np.errstate(over="ignore"):
+                logits = np.ldexp(logits, shift)
+        np.exp(logits, out=logits)
         den = logits.sum(axis=1)
         res = logits @ v.astype(np.float64)
         den[empty] = 1.0
@@ -263,24 +341,27 @@ def softmax_attention(Q, K, V, *, causal=False, scale=None, key_padding_mask=Non
 # feature maps for attention
 
 
-class _FeatureMap:
-    """Everything needed to map a row block to (bounded features, key log-constants)."""
+class _LogFeatureMap:
+    """Log-features of the exponential estimators (FAVOR+, hyperbolic, FAVOR++, SADERF).
 
-    def __init__(self, projection, kernel, estimator, scale, kernel_epsilon, dtype):
-        self.kernel = kernel
+    Every feature of these maps is ``exp(z_i(x) + ρ(x))``: a per-column log-feature ``z``
+    (a projection, in the data's dtype) plus a per-row constant ``ρ`` (float64). Queries
+    drop their row constant (it cancels in a row's normalization); keys keep it, because
+    it weighs one key against another. The engine turns them into bounded features with
+    per-column references (:mod:`favorkit._kernels.attention`), so nothing here
+    exponentiates.
+    """
+
+    def __init__(self, projection, estimator, scale, dtype):
         self.estimator = estimator
         self.scale = scale
-        self.eps = kernel_epsilon
         self.dtype = dtype
         self.root = math.sqrt(scale)
-        # Queries and keys are each multiplied by sqrt(scale) (spec a.1: d^{-1/4} each);
+        # Queries and keys are each multiplied by sqrt(scale) (d^{-1/4} each, Sec. 2.2);
         # folding it into W avoids a scaled copy of the inputs.
-        self.WT = (
-            None
-            if projection is None
-            else np.ascontiguousarray((projection * self.root).T, dtype=dtype)
-        )
+        self.WT = np.ascontiguousarray((projection * self.root).T, dtype=dtype)
         self.projection = projection
+        self.width = 2 * projection.shape[0] if estimator == "hyperbolic" else projection.shape[0]
         self.tables = None  # GERF: per-sequence tables, see set_gerf
 
     def set_gerf(self, params):
@@ -288,11 +369,11 @@ class _FeatureMap:
 
         The log-feature of ``x`` (query ``x̃ = sqrt(scale) Ψ x``, key ``x̃ = sqrt(scale)
         Ψ⁻¹ x``) is ``A|ω|² + B ω·x̃ - |x̃|²/2 + (d/4) log(1 - 4A) - ½ log m`` with
-        ``B = sqrt(1 - 4A)`` (beyond.md §2.1, §3.3). The last two terms are the same for
-        every query and key of a sequence, so they cancel in its normalization and are
-        dropped. ``A|ω|²`` is folded into the GEMM as one extra input column of ones, so the
-        GEMM's output goes straight to the row maximum and ``exp`` as for FAVOR+. Sequences
-        with equal parameters share one table (causal mode: one for all).
+        ``B = sqrt(1 - 4A)`` (Likhosherstov et al. 2022, Eq. 7 and Sec. 3.3). The last two
+        terms are the same for every query and key of a sequence, so they cancel in its
+        normalization and are dropped. ``A|ω|²`` is folded into the GEMM as one extra
+        input column of ones. Sequences with equal parameters share one table (causal
+        mode: one for all).
         """
         W = self.projection
         w_sq = np.einsum("ij,ij->i", W, W)
@@ -305,86 +386,99 @@ class _FeatureMap:
                 b = math.sqrt(1.0 - 4.0 * a)
                 sides = []
                 for col in (psi, 1.0 / psi):  # queries x Ψ, keys x Ψ⁻¹
-                    WT = np.empty((d + 1, W.shape[0]), dtype=self.dtype)
-                    WT[:d] = (W * (self.root * b * col)).T
-                    WT[d] = a * w_sq
-                    sides.append((WT, (self.root * col).astype(self.dtype)))
+                    with np.errstate(over="ignore"):
+                        WT = np.empty((d + 1, W.shape[0]), dtype=self.dtype)
+                        WT[:d] = (W * (self.root * b * col)).T
+                        WT[d] = a * w_sq
+                    if not np.isfinite(WT).all():
+                        raise ValueError(
+                            f"estimator={self.estimator!r}: the fitted parameters A = {a:.3g}, "
+                            f"B = sqrt(1 - 4A) = {b:.3g} make the projection overflow "
+                            f"{self.dtype.name} for these inputs; scale the queries and keys "
+                            "down, pass float64 data, or use estimator='positive'."
+                        )
+                    sides.append((WT, (self.root * col) ** 2))
                 cache[key] = sides
             self.tables.append(cache[key])
 
-    def __call__(self, X, *, keys, seq=0):
-        """Features of rows X: ``(F, s)``, ``s`` float64 for keys (None for queries).
-
-        ``seq`` is the sequence index (flattened batch and head axes); only the GERF
-        estimators ("optimal", "saderf") use it, to pick that sequence's parameters.
-        """
-        dtype = self.dtype
+    def _project(self, X, seq, side):
+        """``(z, weights)``: the log-feature projections of rows X and the per-coordinate
+        weights of the squared norm in the row constant (``|x̃|² = Σ_l w_l x_l²``)."""
         if self.tables is not None:
-            return self._gerf(X, keys, seq)
+            WT, weights = self.tables[seq][side]
+            n, d = X.shape
+            Xa = np.empty((n, d + 1), dtype=self.dtype)
+            Xa[:, :d] = X
+            Xa[:, d] = 1.0
+            with np.errstate(over="ignore", invalid="ignore"):  # checked by the engine
+                return Xa @ WT, weights
+        with np.errstate(over="ignore", invalid="ignore"):
+            Z = X @ self.WT
+        if self.estimator == "hyperbolic":
+            # [ω·x̃, -ω·x̃]: the antithetic pair exp(±ω·x̃ - |x̃|²/2) / sqrt(2m) (Lemma 2).
+            F = np.empty((Z.shape[0], 2 * Z.shape[1]), dtype=self.dtype)
+            plus_minus_shift_rows(Z, np.zeros(Z.shape[0], dtype=self.dtype), F)
+            Z = F
+        return Z, None
+
+    def queries(self, X, seq=0):
+        """Log-feature projections of query rows X, shape (n, width), in the map's dtype."""
+        return self._project(X, seq, 0)[0]
+
+    def keys(self, X, seq=0):
+        """``(z, ρ)`` for key rows X: projections and float64 row constants ``-|x̃|²/2``."""
+        Z, weights = self._project(X, seq, 1)
+        if weights is None:
+            sq = self.scale * np.einsum("ij,ij->i", X, X, dtype=np.float64)
+        else:
+            sq = np.einsum("ij,ij,j->i", X, X, weights, dtype=np.float64)
+        if not np.isfinite(sq).all():
+            raise ValueError(
+                "A key's squared norm overflows float64; scale the keys down (or pass a "
+                "smaller scale)."
+            )
+        return Z, -0.5 * sq
+
+
+class _SignedFeatureMap:
+    """Features of the trigonometric estimator and the generalized kernels, as
+    ``(bounded features, key log-constants)`` (the stabilization of :func:`_favor_signed`)."""
+
+    def __init__(self, projection, kernel, scale, kernel_epsilon, dtype):
+        self.kernel = kernel
+        self.scale = scale
+        self.eps = kernel_epsilon
+        self.dtype = dtype
+        self.root = math.sqrt(scale)
+        self.WT = (
+            None
+            if projection is None
+            else np.ascontiguousarray((projection * self.root).T, dtype=dtype)
+        )
+
+    def __call__(self, X, *, keys, seq=0):
+        """Features of rows X: ``(F, s)``, ``s`` float64 for keys (None for queries)."""
+        dtype = self.dtype
         with np.errstate(over="ignore", invalid="ignore"):  # checked below, with the fix
             Z = X @ self.WT if self.WT is not None else X * dtype.type(self.root)
         n = X.shape[0]
         if self.kernel != "softmax":
             return self._generalized(Z), (np.zeros(n) if keys else None)
-        sq = np.einsum("ij,ij->i", X, X, dtype=np.float64) * self.scale if keys else None
-        if self.estimator == "positive":
-            # log φ_i(x) = ω_i·x̃ - |x̃|²/2 (- log sqrt(m), a global constant that cancels).
-            zmax = Z.max(axis=1)
-            self._check_overflow(zmax)
-            Z -= zmax[:, None]
-            F = exp_inplace(Z)
-            s = zmax - 0.5 * sq if keys else None
-        elif self.estimator == "hyperbolic":
-            # [exp(ω·x̃), exp(-ω·x̃)] exp(-|x̃|²/2) / sqrt(2m): antithetic pair (spec a.4).
-            a = np.maximum(Z.max(axis=1), -Z.min(axis=1))
-            self._check_overflow(a)
-            F = np.empty((n, 2 * Z.shape[1]), dtype=dtype)
-            plus_minus_shift_rows(Z, (-a).astype(dtype), F)
-            exp_inplace(F)
-            s = a - 0.5 * sq if keys else None
-        else:
-            # [cos(ω·x̃), sin(ω·x̃)] exp(+|x̃|²/2) / sqrt(m) (spec a.3); signed features.
-            self._check_overflow(Z.max(axis=1) if Z.size else np.zeros(1))
-            F = np.empty((n, 2 * Z.shape[1]), dtype=dtype)
-            cos_sin_rows(Z, np.zeros(n), F)
-            s = 0.5 * sq if keys else None
-        if keys and not np.isfinite(s).all():
-            raise ValueError(
-                "A key's squared norm overflows float64; scale the keys down (or pass a "
-                "smaller scale)."
-            )
-        return F, s
-
-    def _gerf(self, X, keys, seq):
-        WT, col = self.tables[seq][1 if keys else 0]
-        n, d = X.shape
-        Xa = np.empty((n, d + 1), dtype=self.dtype)
-        Xa[:, :d] = X
-        Xa[:, d] = 1.0
-        with np.errstate(over="ignore", invalid="ignore"):  # checked below, with the fix
-            Z = Xa @ WT
-        # A <= 0: the features are bounded, but W·x̃ itself can still overflow.
-        zmax = Z.max(axis=1)
-        self._check_overflow(zmax)
-        Z -= zmax[:, None]
-        exp_inplace(Z)
+        # [cos(ω·x̃), sin(ω·x̃)] exp(+|x̃|²/2) / sqrt(m) (Lemma 1's trigonometric map);
+        # signed features.
+        if not np.isfinite(Z).all():
+            raise _overflow_error(dtype)
+        F = np.empty((n, 2 * Z.shape[1]), dtype=dtype)
+        cos_sin_rows(Z, np.zeros(n), F)
         if not keys:
-            return Z, None
-        Xt = X * col  # x̃ = sqrt(scale) Ψ⁻¹ x, for the -|x̃|²/2 of the key's own constant
-        s = zmax - 0.5 * np.einsum("ij,ij->i", Xt, Xt, dtype=np.float64)
+            return F, None
+        s = 0.5 * self.scale * np.einsum("ij,ij->i", X, X, dtype=np.float64)
         if not np.isfinite(s).all():
             raise ValueError(
                 "A key's squared norm overflows float64; scale the keys down (or pass a "
                 "smaller scale)."
             )
-        return Z, s
-
-    def _check_overflow(self, zmax):
-        if not np.isfinite(zmax).all():
-            raise ValueError(
-                f"The projections W·x overflow {self.dtype.name}; scale the inputs down "
-                "(or pass a smaller scale)."
-            )
+        return F, s
 
     def _generalized(self, Z):
         kernel = self.kernel
@@ -413,6 +507,13 @@ class _FeatureMap:
                 "NaN); scale the inputs down (or pass a smaller scale)."
             )
         return np.ascontiguousarray(F)
+
+
+def _overflow_error(dtype):
+    return ValueError(
+        f"The projections W·x overflow {np.dtype(dtype).name}; scale the inputs down "
+        "(or pass a smaller scale)."
+    )
 
 
 def _column_moments(X):
@@ -502,8 +603,9 @@ def _merge_state(prev, block):
 # FAVOR
 
 
-def _favor(Qf, Kf, Vf, mask, fmap, causal):
-    """FAVOR attention on flattened (N, L, d) inputs; returns (out, n_nonpositive)."""
+def _favor_signed(Qf, Kf, Vf, mask, fmap, causal):
+    """FAVOR attention with signed features (trigonometric, generalized kernels) on
+    flattened (N, L, d) inputs; returns (out, n_bad), n_bad the rows set to 0."""
     # read at call time (tests shrink them)
     chunk, block_rows = CHUNK, (CAUSAL_BLOCK_ROWS if causal else BLOCK_ROWS)
     n_seq, Lq, _ = Qf.shape
@@ -657,23 +759,241 @@ def _favor(Qf, Kf, Vf, mask, fmap, causal):
     return out, n_bad[0]
 
 
-def _check_kernel(kernel, estimator):
-    if not (callable(kernel) or kernel == "softmax" or kernel in GENERALIZED):
-        names = ", ".join(repr(k) for k in ("softmax", *GENERALIZED))
-        raise ValueError(f"kernel must be one of {names} or a callable, got {kernel!r}.")
-    if estimator not in ESTIMATORS:
-        names = ", ".join(repr(k) for k in ESTIMATORS)
-        raise ValueError(f"estimator must be one of {names}, got {estimator!r}.")
+def _favor_positive(Qf, Kf, Vf, mask, fmap, causal):
+    """FAVOR attention with the positive (log-space) features, on flattened (N, L, d) inputs.
+
+    Keys and queries are turned into bounded features against per-column log-references
+    (see :mod:`favorkit._kernels.attention`), so the normalizer of every row that sees a
+    key is >= 1 and its output a convex combination of the visible value rows.
+    """
+    # read at call time (tests shrink them)
+    chunk, block_rows = CHUNK, (CAUSAL_BLOCK_ROWS if causal else BLOCK_ROWS)
+    thresh, bits = _LOG_THRESH[fmap.dtype], _VALUE_BITS[fmap.dtype]
+    n_seq, Lq, _ = Qf.shape
+    Lk, dv = Vf.shape[1:]
+    dtype, r, e = fmap.dtype, fmap.width, dv + 1
+    out = np.empty((n_seq, Lq, dv), dtype=dtype)
+
+    def query_block(n, lo, hi):
+        q = Qf[n, lo:hi]
+        _check_finite(q, "Q")
+        return fmap.queries(q, seq=n)
+
+    def key_block(n, lo, hi):
+        k, v = Kf[n, lo:hi], Vf[n, lo:hi]
+        _check_finite(k, "K")
+        _check_finite(v, "V")
+        zk, rt = fmap.keys(k, seq=n)
+        if mask is not None:
+            rt[mask[n, lo:hi]] = -np.inf  # masks act on features: a padded key adds nothing
+        return zk, rt, v
+
+    if causal:
+        nb = -(-Lq // block_rows)
+        events = [threading.Event() for _ in range(n_seq * nb)]
+        carried = [None] * n_seq
+        # The references each sequence's kernel left after its latest block (a snapshot):
+        # a block computes its features against them while the previous block runs.
+        published = [None] * n_seq
+        nothing_ahead = (
+            np.empty((0, r), dtype=dtype),
+            np.empty((0, r), dtype=dtype),
+            np.empty((0, e), dtype=dtype),
+            np.empty(0, dtype=bool),
+        )
+        failed = []
+
+        def causal_task(rows):
+            """Block b of sequence n: projections (and, against the latest published
+            references, features) in parallel with the other blocks, then the causal kernel
+            on top of the state left by block b - 1 (a pipeline). Every block sees exactly
+            the computation of a single sequential pass, so the output does not depend on
+            the thread count or on the batch/head layout."""
+            # Block-major order: the first blocks of all sequences run before any second one.
+            i = rows.start
+            b, n = divmod(i, n_seq)
+            lo, hi = b * block_rows, min(Lq, (b + 1) * block_rows)
+            released = False
+            try:
+                zq = query_block(n, lo, hi)
+                zk, rt, v = key_block(n, lo, hi)
+                if not (np.isfinite(zq).all() and np.isfinite(zk).all()):
+                    raise _overflow_error(dtype)
+                guess = published[n]
+                if guess is not None:
+                    ahead = (
+                        np.empty(zq.shape, dtype=dtype),
+                        np.empty(zk.shape, dtype=dtype),
+                        np.empty((hi - lo, e), dtype=dtype),
+                        np.empty(hi - lo, dtype=bool),
+                    )
+                    log_causal_stage(zq, zk, rt, v, *guess, thresh, bits, *ahead)
+                if b > 0:
+                    events[i - n_seq].wait()
+                    if failed:
+                        return
+                    state, c, kappa = carried[n]
+                else:
+                    state, c, kappa = np.zeros((r, e)), np.full(r, -np.inf), np.zeros(dv)
+                # Features computed ahead are used only if the guess was right; the kernel
+                # would compute the same bits itself.
+                use = (
+                    guess is not None
+                    and np.array_equal(guess[0], c)
+                    and np.array_equal(guess[1], kappa)
+                )
+                log_causal_block(
+                    zq,
+                    zk,
+                    rt,
+                    v,
+                    chunk,
+                    thresh,
+                    bits,
+                    state,
+                    c,
+                    kappa,
+                    out[n, lo:hi],
+                    use,
+                    *(ahead if use else nothing_ahead),
+                )
+                carried[n] = (state, c, kappa)
+                if c[0] > -np.inf:
+                    published[n] = (c.copy(), kappa.copy())
+                events[i].set()
+                released = True
+            except BaseException:
+                failed.append(True)
+                raise
+            finally:
+                if not released:  # never leave the next block waiting
+                    events[i].set()
+
+        map_row_blocks(causal_task, n_seq * nb, block_rows=1)
+        return out
+
+    def key_local(n, b):
+        """One key block's (state, c, kappa), against its own column references."""
+        lo, hi = b * block_rows, min(Lk, (b + 1) * block_rows)
+        zk, rt, v = key_block(n, lo, hi)
+        c = np.full(r, -np.inf)
+        if not key_column_max(zk, rt, c):
+            raise _overflow_error(dtype)
+        kappa = np.zeros(dv)
+        state = np.zeros((r, e))
+        if c[0] > -np.inf:  # some key of the block is visible
+            value_exponents(v, rt, bits, kappa)
+            shift_keys(zk, rt, c)
+            fk = exp_inplace(zk)
+            u = np.empty((hi - lo, e), dtype=dtype)
+            scaled_values(v, kappa, u)
+            for a in range(0, hi - lo, KEY_SUBBLOCK):
+                rows = slice(a, a + KEY_SUBBLOCK)
+                state += fk[rows].T @ u[rows]
+        return state, c, kappa
+
+    # One pool run: key blocks (block-major) fold their states in block order, so the
+    # rounding is fixed; query blocks, queued after all key blocks, project while the keys
+    # are still being folded and wait only for their own sequence's state.
+    nbk, nbq = -(-Lk // block_rows), -(-Lq // block_rows)
+    n_key_tasks = n_seq * nbk
+    events = [threading.Event() for _ in range(n_key_tasks)]
+    carried = [None] * n_seq
+    final = [None] * n_seq
+    failed = []
+
+    def key_task(i):
+        b, n = divmod(i, n_seq)
+        released = False
+        try:
+            block = key_local(n, b)
+            if b > 0:
+                events[i - n_seq].wait()
+                if failed:
+                    return
+                merge_log_states(*carried[n], *block)
+            else:
+                carried[n] = block
+            if b == nbk - 1:
+                state, c, kappa = carried[n]
+                final[n] = (state.astype(dtype), c, kappa)
+            events[i].set()
+            released = True
+        except BaseException:
+            failed.append(True)
+            raise
+        finally:
+            if not released:  # never leave a waiting block behind
+                events[i].set()
+
+    def query_task(j):
+        b, n = divmod(j, n_seq)
+        lo, hi = b * block_rows, min(Lq, (b + 1) * block_rows)
+        zq = query_block(n, lo, hi)
+        events[(nbk - 1) * n_seq + n].wait()
+        if failed:
+            return
+        state, c, kappa = final[n]
+        if c[0] == -np.inf:  # every key padded: no key to attend to
+            out[n, lo:hi] = 0.0
+            return
+        if not shift_queries(zq, c):
+            raise _overflow_error(dtype)
+        num = exp_inplace(zq) @ state
+        normalize_rows(num, kappa, out[n, lo:hi])
+
+    def task(rows):
+        i = rows.start
+        if i < n_key_tasks:
+            key_task(i)
+        else:
+            query_task(i - n_key_tasks)
+
+    map_row_blocks(task, n_key_tasks + n_seq * nbq, block_rows=1)
+    return out
 
 
-def _warn_nonpositive(n_bad, n_rows):
+def _positive_attention_rows(zq, zk, rt, causal, out):
+    """Normalized attention rows of a positive estimator from its float64 log-features.
+
+    The same per-column references as the engine, but exact for every row: row ``t``
+    references the keys it sees (all keys, or keys ``j <= t`` in causal mode), so its
+    largest term is 1 and no later key can push it into underflow. O(L_q L_k m): for
+    diagnostics at small L.
+    """
+    Lq, Lk = out.shape
+    visible = rt > -np.inf
+    with np.errstate(invalid="ignore"):
+        Y = zk + rt[:, None]  # -inf rows for padded keys
+
+    def weights(rows, stop):
+        vis = visible[:stop]
+        c = Y[:stop][vis].max(axis=0)
+        F = np.zeros((stop, Y.shape[1]))
+        F[vis] = np.exp(Y[:stop][vis] - c)
+        y = zq[rows] + c
+        W = np.exp(y - y.max(axis=-1, keepdims=True))
+        a = W @ F.T
+        return a / a.sum(axis=-1, keepdims=True)
+
+    with np.errstate(under="ignore"):
+        if not causal:
+            if visible.any():
+                out[:] = weights(slice(None), Lk)
+            return
+        for t in range(Lq):
+            if visible[: t + 1].any():
+                out[t, : t + 1] = weights(t, t + 1)
+
+
+def _warn_nonpositive(n_bad, n_rows, kernel, estimator):
     if n_bad:
-        warnings.warn(
-            f"{n_bad} of {n_rows} query rows had a non-positive attention normalizer "
-            "(signed features: estimator='trig' or a signed kernel) and were set to 0. "
-            "Positive features (estimator='positive' or 'hyperbolic') never do this.",
-            NumericalWarning,
-            stacklevel=3,
+        what = f"estimator={estimator!r}" if kernel == "softmax" else f"kernel={kernel!r}"
+        warn(
+            f"{n_bad} of {n_rows} query rows had an attention normalizer that was not "
+            f"positive and finite, or an output that was not finite, and were set to 0 "
+            f"({what} has features of either sign or zero features, whose sums can cancel). "
+            f"The positive estimators ({', '.join(repr(e) for e in POSITIVE)}) never do this."
         )
 
 
@@ -695,7 +1015,7 @@ def _setup_gerf(fmap, Qf, Kf, mask, causal, fitted):
     DESIGN.md forbids); the parameters ``fitted`` (from ``FavorAttention.fit``) are used
     instead, and without them this raises.
     """
-    if fmap.kernel != "softmax" or fmap.estimator not in GERF:
+    if not isinstance(fmap, _LogFeatureMap) or fmap.estimator not in GERF:
         return
     n_seq, _, d = Qf.shape
     if causal:
@@ -723,17 +1043,20 @@ def _attend(
     fitted_gerf=None,
 ):
     Qf, Kf, Vf, mask, batch, dtype = _prepare(Q, K, V, key_padding_mask, causal)
-    d = Qf.shape[2]
-    fmap = _FeatureMap(
-        projection, kernel, estimator, _resolve_scale(scale, d), kernel_epsilon, dtype
-    )
-    _setup_gerf(fmap, Qf, Kf, mask, causal, fitted_gerf)
+    scale = _resolve_scale(scale, Qf.shape[2])
     with np.errstate(under="ignore"):
-        out, n_bad = _favor(Qf, Kf, Vf, mask, fmap, causal)
-    _warn_nonpositive(n_bad, Qf.shape[0] * Qf.shape[1])
+        if kernel == "softmax" and estimator in POSITIVE:
+            fmap = _LogFeatureMap(projection, estimator, scale, dtype)
+            _setup_gerf(fmap, Qf, Kf, mask, causal, fitted_gerf)
+            out = _favor_positive(Qf, Kf, Vf, mask, fmap, causal)
+        else:
+            fmap = _SignedFeatureMap(projection, kernel, scale, kernel_epsilon, dtype)
+            out, n_bad = _favor_signed(Qf, Kf, Vf, mask, fmap, causal)
+            _warn_nonpositive(n_bad, Qf.shape[0] * Qf.shape[1], kernel, estimator)
     return out.reshape(*batch, Qf.shape[1], Vf.shape[2])
 
 
+@validate_params({**_ARRAYS, **_PARAMETERS}, prefer_skip_nested_validation=True)
 def favor_attention(
     Q,
     K,
@@ -752,29 +1075,38 @@ def favor_attention(
     r"""FAVOR attention: linear-time attention with random features (Performer).
 
     With features ``φ`` (below), bidirectional attention is
-    ``D^{-1} φ(Q̃) (φ(K̃)^T V)`` with ``D = diag(φ(Q̃) φ(K̃)^T 1)`` (spec a.1, Eq. 4), computed
-    as ``φ(K̃)^T [V 1]`` and then ``φ(Q̃) (that)`` in row blocks; causal attention uses
-    inclusive prefix sums of ``φ(k_j) [v_j 1]^T`` (spec a.9) in a chunkwise Numba kernel
-    with a float64 ``r x (d_v + 1)`` state. Queries and keys are each multiplied by
-    ``sqrt(scale)`` so that ``scale`` means what it means in :func:`softmax_attention`.
+    ``D^{-1} φ(Q̃) (φ(K̃)^T V)`` with ``D = diag(φ(Q̃) φ(K̃)^T 1)`` (Choromanski et al. 2021,
+    Eq. 4), computed as ``φ(K̃)^T [V 1]`` and then ``φ(Q̃) (that)`` in row blocks; causal
+    attention uses inclusive prefix sums of ``φ(k_j) [v_j 1]^T`` (Sec. 2.7) in a chunkwise
+    Numba kernel with a float64 ``r x (d_v + 1)`` state. Queries and keys are each
+    multiplied by ``sqrt(scale)`` so that ``scale`` means what it means in
+    :func:`softmax_attention`.
 
     Estimators of the softmax kernel ``exp(q̃·k̃)`` (``kernel="softmax"``):
     ``"positive"`` (FAVOR+, Lemma 1: ``exp(ω·x - |x|²/2)``), ``"hyperbolic"`` (the
     antithetic pair ``exp(±ω·x)``, 2m features, lower variance), ``"trig"`` (the paper's
-    unstable ``[cos, sin]`` baseline; rows whose normalizer is not positive are set to 0
-    and counted in a :class:`~favorkit.features.NumericalWarning`), ``"optimal"`` (FAVOR++,
-    optimal positive random features: ``exp(A|ω|² + Bω·x - |x|²/2)`` with ``B = sqrt(1 -
-    4A)`` and ``A <= 0`` minimizing the variance for this sequence's queries and keys;
-    ``spec/beyond.md`` §2) and ``"saderf"`` (queries times a diagonal ``Ψ``, keys times
-    ``Ψ⁻¹``, then FAVOR++; §3.3). FAVOR++ and SADERF fit ``A`` (and ``Ψ``) per call, per
-    sequence and head, from that head's scaled queries and unpadded keys (O(L d), as the
-    official ``expplus``); they are bidirectional only here, because statistics over the
-    whole sequence would let future keys change earlier outputs: causal FAVOR++/SADERF
-    takes its parameters from :meth:`FavorAttention.fit`. Their features are positive and
-    bounded and go through the same leak-free stabilization as ``"positive"``. Generalized kernels
-    (spec a.10): ``"relu"``, ``"elu"`` (elu + 1), ``"exp"``, ``"abs"`` or a callable ``f``
-    give ``φ(x) = f(W x̃) + kernel_epsilon`` (or ``f(x̃) + kernel_epsilon`` with
+    unstable ``[cos, sin]`` baseline), ``"optimal"`` (FAVOR++, optimal positive random
+    features: ``exp(A|ω|² + Bω·x - |x|²/2)`` with ``B = sqrt(1 - 4A)`` and ``A <= 0``
+    minimizing the variance for this sequence's queries and keys; Likhosherstov et al.
+    2022) and ``"saderf"`` (queries times a diagonal ``Ψ``, keys times ``Ψ⁻¹``, then
+    FAVOR++; Likhosherstov et al. 2023). FAVOR++ and SADERF fit ``A`` (and ``Ψ``) per
+    call, per sequence and head, from that head's scaled queries and unpadded keys (O(L d),
+    as the official ``expplus``); they are bidirectional only here, because statistics
+    over the whole sequence would let future keys change earlier outputs: causal
+    FAVOR++/SADERF takes its parameters from :meth:`FavorAttention.fit`. Generalized
+    kernels (Sec. 2.2): ``"relu"``, ``"elu"`` (elu + 1), ``"exp"``, ``"abs"`` or a callable
+    ``f`` give ``φ(x) = f(W x̃) + kernel_epsilon`` (or ``f(x̃) + kernel_epsilon`` with
     ``projection=None``); they are not softmax approximations.
+
+    Numerics. The positive estimators (``"positive"``, ``"hyperbolic"``, ``"optimal"``,
+    ``"saderf"``) are computed in log space with one reference per feature column, so for
+    any finite input every output row that sees a key is finite and inside the range of
+    the value rows it sees (up to rounding): no row underflows to 0, however large the
+    logits, and values up to the dtype's largest number are scaled by exact powers of two.
+    The only errors are inputs whose projections ``W·x̃`` overflow the dtype or whose
+    squared norms overflow float64. Signed features (``"trig"``, generalized kernels) can
+    make a row's normalizer ``<= 0``; such rows, and rows whose output is not finite, are
+    set to 0 and counted in a :class:`~favorkit.NumericalWarning`.
 
     Parameters
     ----------
@@ -830,7 +1162,6 @@ def favor_attention(
     >>> float(np.abs(plus2 - exact).max()) < 0.05
     True
     """
-    _check_kernel(kernel, estimator)
     d = np.shape(Q)[-1] if np.ndim(Q) else 0
     if projection is None:
         if kernel == "softmax":
@@ -841,8 +1172,6 @@ def favor_attention(
         W = None
     else:
         if isinstance(projection, str):
-            if not isinstance(n_components, numbers.Integral) or n_components < 1:
-                raise ValueError(f"n_components must be a positive integer, got {n_components!r}.")
             m = n_components
         else:
             m = np.shape(projection)[0] if np.ndim(projection) == 2 else n_components
@@ -934,16 +1263,7 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     True
     """
 
-    _parameter_constraints: dict = {
-        "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
-        "kernel": [StrOptions({"softmax", *GENERALIZED}), callable],
-        "estimator": [StrOptions(set(ESTIMATORS))],
-        "projection": [StrOptions(set(sampling.PROJECTIONS)), "array-like", None],
-        "causal": ["boolean"],
-        "scale": [Interval(numbers.Real, 0.0, None, closed="neither"), None],
-        "kernel_epsilon": [Interval(numbers.Real, 0.0, None, closed="left")],
-        "random_state": ["random_state", np.random.Generator],
-    }
+    _parameter_constraints: dict = dict(_PARAMETERS)
 
     def __init__(
         self,
@@ -968,8 +1288,11 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     def _validate_X(self, X, reset):
         """2-D X goes through sklearn's validation (feature names, n_features_in_); a
-        batched ndarray (..., L, d) is checked here."""
-        if not (isinstance(X, np.ndarray) and X.ndim > 2):
+        batched array-like (..., L, d), as :meth:`attend` takes, is checked here."""
+        ndim = getattr(X, "ndim", None)
+        if ndim is None and isinstance(X, (list, tuple)):
+            ndim = np.ndim(X)
+        if not (ndim is not None and ndim > 2):
             return validate_data(self, X, dtype=[np.float64, np.float32], reset=reset)
         X = _as_array(X, "X")
         if reset:
@@ -1071,6 +1394,7 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self._draw()
         return self
 
+    @validate_params({**_ARRAYS, "causal": ["boolean", None]}, prefer_skip_nested_validation=True)
     def attend(self, Q, K, V, *, causal=None, key_padding_mask=None):
         """Attention of queries Q over keys K with values V.
 
@@ -1129,6 +1453,15 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         X = self._validate_X(X, reset=False)
         return self.attend(X, X, X)
 
+    @validate_params(
+        {
+            "Q": _ARRAYS["Q"],
+            "K": _ARRAYS["K"],
+            "causal": ["boolean", None],
+            "key_padding_mask": _ARRAYS["key_padding_mask"],
+        },
+        prefer_skip_nested_validation=True,
+    )
     def attention_matrix(self, Q, K, *, causal=None, key_padding_mask=None):
         """The normalized attention matrix ``D^{-1} φ(Q̃) φ(K̃)^T`` (small L; diagnostics).
 
@@ -1153,22 +1486,26 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         V = np.zeros((*np.shape(K)[:-1], 1))
         Qf, Kf, _, mask, batch, _ = _prepare(Q, K, V, key_padding_mask, causal)
         Qf, Kf = Qf.astype(np.float64), Kf.astype(np.float64)
-        fmap = _FeatureMap(
-            self.projection_,
-            self.kernel,
-            self.estimator,
-            self.scale_,
-            self.kernel_epsilon,
-            np.dtype(np.float64),
-        )
-        _setup_gerf(fmap, Qf, Kf, mask, causal, self._fitted_gerf())
+        for X, name in ((Qf, "Q"), (Kf, "K")):
+            _check_finite(X, name)
         n_seq, Lq, _ = Qf.shape
         Lk = Kf.shape[1]
         A = np.zeros((n_seq, Lq, Lk))
+        f64 = np.dtype(np.float64)
+        if self.kernel == "softmax" and self.estimator in POSITIVE:
+            fmap = _LogFeatureMap(self.projection_, self.estimator, self.scale_, f64)
+            _setup_gerf(fmap, Qf, Kf, mask, causal, self._fitted_gerf())
+            for n in range(n_seq):
+                zk, rt = fmap.keys(Kf[n], seq=n)
+                if mask is not None:
+                    rt[mask[n]] = -np.inf
+                _positive_attention_rows(fmap.queries(Qf[n], seq=n), zk, rt, causal, A[n])
+            return A.reshape(*batch, Lq, Lk)
+        fmap = _SignedFeatureMap(
+            self.projection_, self.kernel, self.scale_, self.kernel_epsilon, f64
+        )
         n_bad = 0
         for n in range(n_seq):
-            _check_finite(Qf[n], "Q")
-            _check_finite(Kf[n], "K")
             fq = fmap(Qf[n], keys=False, seq=n)[0]
             fk, s = fmap(Kf[n], keys=True, seq=n)
             _mask_keys(fk, s, None if mask is None else mask[n])
@@ -1189,12 +1526,14 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             if causal:
                 valid = valid & np.tril(np.ones((Lq, Lk), dtype=bool))
             seen = valid.any(axis=1)
-            ok = den > 0
+            ok = (den > 0) & np.isfinite(den)
+            with np.errstate(over="ignore", invalid="ignore"):
+                a[ok] /= den[ok, None]
+            ok &= np.isfinite(a).all(axis=1)
             n_bad += int((seen & ~ok).sum())
             a[~ok] = 0.0
-            a[ok] /= den[ok, None]
             A[n] = a
-        _warn_nonpositive(n_bad, n_seq * Lq)
+        _warn_nonpositive(n_bad, n_seq * Lq, self.kernel, self.estimator)
         return A.reshape(*batch, Lq, Lk)
 
     def __sklearn_tags__(self):

@@ -121,6 +121,169 @@ def test_column_moments_matches_naive(dtype, masked):
     assert_allclose(out, want + 0.5, rtol=1e-13)
 
 
+def test_merge_normalize_divides_by_a_subnormal_normalizer():
+    """1/den overflows for a subnormal den; num/den does not (and is counted if it does)."""
+    num = np.array([[2e-310, 1e-310], [1.0, 1e-310]])
+    out = np.empty((2, 1))
+    bad = ka.merge_normalize(num, np.zeros(2), np.empty((0, 2)), 0.0, out)
+    assert out[0, 0] == 2.0
+    assert bad == 1 and out[1, 0] == 0.0  # 1 / 1e-310 overflows: zero row, counted
+
+
+# --- positive features in log space: kernels against tests/naive.py ---------------------------
+
+
+def _log_inputs(dtype, n=37, r=11, dv=3, seed=0, spread=3.0):
+    rng = np.random.default_rng(seed)
+    zq = rng.normal(scale=spread, size=(n, r)).astype(dtype)
+    zk = rng.normal(scale=spread, size=(n, r)).astype(dtype)
+    rt = rng.normal(scale=spread, size=n)
+    rt[[3, 4, 20]] = -np.inf  # padded keys
+    v = rng.normal(size=(n, dv)).astype(dtype)
+    return zq, zk, rt, v
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_key_column_max_and_shift_keys_match_naive(dtype):
+    _, zk, rt, _ = _log_inputs(dtype)
+    c0 = np.full(zk.shape[1], 1.5)
+    c = c0.copy()
+    assert ka.key_column_max(zk, rt, c)
+    want, finite = naive.key_column_max(zk, rt, c0)
+    assert finite
+    assert_array_equal(c, want)
+    z = zk.copy()
+    ka.shift_keys(z, rt, c)
+    assert_array_equal(z, naive.shift_keys(zk, rt, c))
+    assert z[rt > -np.inf].max() <= 0  # exp(z) <= 1 ...
+    zk[5, 2] = np.inf  # ... and a projection that overflowed is reported
+    assert not ka.key_column_max(zk, rt, np.full(zk.shape[1], -np.inf))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_shift_queries_matches_naive(dtype):
+    zq, _, _, _ = _log_inputs(dtype, r=13)  # 13: the four-lane maximum's tail
+    c = np.random.default_rng(3).normal(scale=50, size=13)
+    z = zq.copy()
+    assert ka.shift_queries(z, c)
+    want, _ = naive.shift_queries(zq, c)
+    assert_array_equal(z, want)
+    assert np.all(z.max(axis=1) == 0)  # the largest weight of every row is exactly 1
+    zq[0, 0] = np.nan
+    assert not ka.shift_queries(zq, c)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_value_exponents_scaled_values_and_normalize_rows_match_naive(dtype):
+    _, _, rt, v = _log_inputs(dtype, dv=4)
+    v[:, 1] *= 1e30 if dtype == np.float32 else 1e200
+    v[3, 2] = 1e37 if dtype == np.float32 else 1e300  # a padded key's value: ignored
+    kappa = np.array([0.0, 2.0, 0.0, 0.0])
+    want = naive.value_exponents(v, rt, 48, kappa)
+    ka.value_exponents(v, rt, 48, kappa)
+    assert_array_equal(kappa, want)
+    assert kappa[0] == 0 and kappa[1] > 0 and kappa[2] == 0
+    u = np.empty((v.shape[0], 5), dtype=dtype)
+    ka.scaled_values(v, kappa, u)
+    assert_array_equal(u, naive.scaled_values(v.astype(np.float64), kappa).astype(dtype))
+    num = np.random.default_rng(4).uniform(1, 2, size=(6, 5))
+    out = np.empty((6, 4), dtype=dtype)
+    ka.normalize_rows(num, kappa, out)
+    assert_allclose(out, naive.normalize_rows(num, kappa), rtol=REL[dtype] / 10)
+
+
+def test_merge_log_states_matches_naive():
+    rng = np.random.default_rng(5)
+    r, e = 6, 4
+    a = (rng.uniform(1, 2, (r, e)), rng.normal(size=r), np.array([0.0, 3.0, 1.0]))
+    b = (rng.uniform(1, 2, (r, e)), rng.normal(size=r), np.array([2.0, 0.0, 1.0]))
+    a[1][0] = b[1][1] = -np.inf  # a column without a visible key on one side
+    a[0][0] = b[0][1] = 0.0
+    want = naive.log_state_true_scale(*a) + naive.log_state_true_scale(*b)
+    state, c, kappa = (x.copy() for x in a)
+    ka.merge_log_states(state, c, kappa, *b)
+    assert_array_equal(kappa, [2.0, 3.0, 1.0])
+    assert_allclose(naive.log_state_true_scale(state, c, kappa), want, rtol=1e-13)
+
+
+def _log_causal(zq, zk, rt, v, chunk, thresh, state, c, kappa, ahead=False):
+    """Run log_causal_block (with the stage's features if ``ahead``); returns out, breaks."""
+    dtype = zq.dtype
+    out = np.full(v.shape, np.nan, dtype=dtype)
+    n, r = zq.shape
+    if ahead:
+        buffers = (
+            np.empty((n, r), dtype),
+            np.empty((n, r), dtype),
+            np.empty((n, v.shape[1] + 1), dtype),
+            np.empty(n, bool),
+        )
+        ka.log_causal_stage(zq, zk, rt, v, c, kappa, thresh, 48, *buffers)
+    else:
+        buffers = (
+            np.empty((0, r), dtype),
+            np.empty((0, r), dtype),
+            np.empty((0, v.shape[1] + 1), dtype),
+            np.empty(0, bool),
+        )
+    n_breaks = ka.log_causal_block(
+        zq, zk, rt, v, chunk, thresh, 48, state, c, kappa, out, ahead, *buffers
+    )
+    return out, n_breaks
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("thresh", [20.0, 0.5, -1.0])  # 0.5: some breaks, -1: more
+@pytest.mark.parametrize("carried", [False, True])
+def test_log_causal_block_matches_naive(dtype, thresh, carried):
+    zq, zk, rt, v = _log_inputs(dtype)
+    r, e = zq.shape[1], v.shape[1] + 1
+    rng = np.random.default_rng(6)
+    if carried:
+        state0, c0, kappa0 = rng.uniform(1, 2, (r, e)), rng.normal(size=r), np.zeros(3)
+    else:
+        state0, c0, kappa0 = np.zeros((r, e)), np.full(r, -np.inf), np.zeros(3)
+    state, c, kappa = state0.copy(), c0.copy(), kappa0.copy()
+    out, n_breaks = _log_causal(zq, zk, rt, v, 8, thresh, state, c, kappa)
+    want, total = naive.log_causal_block(zq, zk, rt, v, state0, c0, kappa0)
+    assert n_breaks >= (not carried)  # without a carried state the first key is a break
+    if thresh < 20:
+        assert n_breaks > 1
+    assert _rel(out, want) <= REL[dtype]
+    assert _rel(naive.log_state_true_scale(state, c, kappa), total) <= REL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("thresh", [20.0, 0.5])
+@pytest.mark.parametrize("m", [11, 16])  # 11: the vectorized exp's scalar tail too
+def test_features_computed_ahead_give_the_same_bits(dtype, thresh, m):
+    """The stage computes a block's features against the references it guesses; the kernel
+    uses them while the guess holds (up to the first break) and must match itself."""
+    zq, zk, rt, v = _log_inputs(dtype, n=61, r=m)
+    rng = np.random.default_rng(7)
+    r, e = m, v.shape[1] + 1
+    start = (rng.uniform(1, 2, (r, e)), rng.normal(scale=3, size=r), np.zeros(3))
+    results = []
+    for ahead in (False, True):
+        state, c, kappa = (x.copy() for x in start)
+        out, n_breaks = _log_causal(zq, zk, rt, v, 8, thresh, state, c, kappa, ahead=ahead)
+        results.append((out, state, c, kappa, n_breaks))
+    for got, want in zip(results[1], results[0], strict=True):
+        assert_array_equal(got, want)
+    if thresh < 20:
+        assert results[0][-1] > 0  # a break: the kernel went on without the features
+
+
+def test_log_causal_block_rows_before_any_key_are_zero():
+    zq, zk, rt, v = _log_inputs(np.float64)
+    rt[:10] = -np.inf
+    r = zq.shape[1]
+    state, c, kappa = np.zeros((r, 4)), np.full(r, -np.inf), np.zeros(3)
+    out, _ = _log_causal(zq, zk, rt, v, 8, 20.0, state, c, kappa)
+    assert np.all(out[:10] == 0)
+    assert_allclose(out[10], v[10], rtol=1e-15)  # the first visible key alone: its value
+
+
 # --- FAVOR against the dense computation with the same features -----------------------------
 
 
@@ -170,7 +333,10 @@ def test_trig_matches_dense_and_reports_nonpositive_rows(causal):
     den = A.sum(axis=1)
     n_bad = int((den <= 0).sum())
     assert n_bad > 0
-    with pytest.warns(NumericalWarning, match=rf"{n_bad} of 120 query rows had a non-positive"):
+    with pytest.warns(
+        NumericalWarning,
+        match=rf"{n_bad} of 120 query rows had an attention normalizer that was not positive",
+    ):
         out = att.attend(Q, K, V, causal=causal)
     ok = den > 0
     assert np.all(out[~ok] == 0)
@@ -445,7 +611,9 @@ def test_causal_outputs_before_t_are_bitwise_unchanged(
     if blocks == "small":
         request.getfixturevalue("small_blocks")
     if path != "fast":
-        monkeypatch.setitem(fa._THRESH, np.dtype(dtype), {"mixed": 0.3, "slow": -1.0}[path])
+        gap = {"mixed": 0.3, "slow": -1.0}[path]
+        monkeypatch.setitem(fa._THRESH, np.dtype(dtype), gap)  # signed features
+        monkeypatch.setitem(fa._LOG_THRESH, np.dtype(dtype), gap)  # positive features
     Q, K, V = _qkv((2, 200), d=16, seed=39, dtype=dtype)
     att = FavorAttention(32, estimator=estimator, causal=True, random_state=0).fit(Q)
     base = att.attend(Q, K, V)
@@ -749,7 +917,7 @@ def test_attention_matrix(causal):
 def test_attention_matrix_trig_reports_and_all_padded():
     Q, K, _ = _qkv((60,), d=8, seed=3)
     att = FavorAttention(4, estimator="trig", random_state=0).fit(Q)
-    with pytest.warns(NumericalWarning, match="non-positive attention normalizer"):
+    with pytest.warns(NumericalWarning, match="normalizer that was not positive and finite"):
         A = att.attention_matrix(2 * Q, 2 * K)
     assert np.all((A.sum(axis=1) == 0) | np.isclose(A.sum(axis=1), 1))
     assert np.all(att.attention_matrix(Q, K, key_padding_mask=np.ones(60, bool)) == 0)
@@ -814,13 +982,19 @@ def test_bad_parameters():
     Q, K, V = _good()
     with pytest.raises(ValueError, match="needs as many queries as keys"):
         favor_attention(Q[:5], K, V, causal=True)
-    with pytest.raises(ValueError, match="scale must be a positive finite number"):
-        favor_attention(Q, K, V, scale=-1.0)
-    with pytest.raises(ValueError, match="kernel must be one of"):
+    for func in (favor_attention, softmax_attention):
+        name = func.__name__
+        with pytest.raises(ValueError, match=rf"'scale' parameter of {name} must be a float"):
+            func(Q, K, V, scale=-1.0)
+        with pytest.raises(ValueError, match=rf"'causal' parameter of {name} must be an instance"):
+            func(Q, K, V, causal="no")  # truthy: it ran causal attention
+    with pytest.raises(ValueError, match="'scale' parameter .* Got inf instead"):
+        favor_attention(Q, K, V, scale=np.inf)
+    with pytest.raises(ValueError, match="'kernel' parameter of favor_attention must be a str"):
         favor_attention(Q, K, V, kernel="gelu")
-    with pytest.raises(ValueError, match="estimator must be one of"):
+    with pytest.raises(ValueError, match="'estimator' parameter of favor_attention must be a str"):
         favor_attention(Q, K, V, estimator="cos")
-    with pytest.raises(ValueError, match="n_components must be a positive integer"):
+    with pytest.raises(ValueError, match="'n_components' parameter of favor_attention must be an"):
         favor_attention(Q, K, V, n_components=0)
     with pytest.raises(ValueError, match="only for generalized kernels"):
         favor_attention(Q, K, V, projection=None)
@@ -830,11 +1004,50 @@ def test_bad_parameters():
         favor_attention(Q, K, V, kernel=lambda z: z[:, :1])
 
 
+def test_the_function_and_the_estimator_reject_alike():
+    """favor_attention accepted kernel_epsilon=-1, which FavorAttention rejects."""
+    Q, K, V = _good()
+    for bad in ({"kernel_epsilon": -1}, {"causal": "no"}, {"n_components": 0.5}):
+        with pytest.raises(ValueError) as by_function:
+            favor_attention(Q, K, V, **bad)
+        with pytest.raises(ValueError) as by_estimator:
+            FavorAttention(**bad).fit(Q)
+        function_message = str(by_function.value)
+        assert function_message == str(by_estimator.value).replace(
+            "of FavorAttention", "of favor_attention"
+        )
+    att = FavorAttention(4, random_state=0).fit(Q)
+    with pytest.raises(ValueError, match="'causal' parameter of FavorAttention.attend"):
+        att.attend(Q, K, V, causal="no")
+
+
+def test_fit_takes_the_batched_lists_that_attend_takes():
+    X = np.random.default_rng(23).normal(size=(2, 10, 4)).tolist()
+    att = FavorAttention(8, random_state=0).fit(X)
+    assert att.n_features_in_ == 4
+    assert att.attend(X, X, X).shape == (2, 10, 4)
+    assert att.transform(X).shape == (2, 10, 4)
+
+
+def test_a_projection_of_the_wrong_shape_names_what_is_wrong():
+    Q, K, V = _qkv((6,), d=5, seed=24)
+    with pytest.raises(ValueError, match=r"\(n_components, d\) = \(5, 5\): 4 columns, not d = 5"):
+        favor_attention(Q, K, V, projection=np.ones((5, 4)))
+
+
 def test_overflow_errors():
     Q, K, V = _good()
-    with pytest.raises(ValueError, match="overflow float32"):
-        big = np.full(Q.shape, 3e38, dtype=np.float32)  # finite, but W·x is not
-        favor_attention(big, K.astype(np.float32), V.astype(np.float32), random_state=0)
+    big = np.full(Q.shape, 3e38, dtype=np.float32)  # finite, but W·x is not
+    for causal in (False, True):
+        for big_q, big_k in ((big, K), (Q, big)):
+            with pytest.raises(ValueError, match="overflow float32"):
+                favor_attention(
+                    big_q.astype(np.float32),
+                    big_k.astype(np.float32),
+                    V.astype(np.float32),
+                    causal=causal,
+                    random_state=0,
+                )
     with pytest.raises(ValueError, match="squared norm overflows float64"):
         favor_attention(Q, K * 1e160, V)
     with pytest.raises(ValueError, match="gave non-finite features"):

@@ -25,10 +25,12 @@ thread count. float64 keeps numpy's exp: the float64 transform is already severa
 faster than the alternatives and a float64 polynomial needs twice the degree.
 """
 
+import math
+
 import numba
 import numpy as np
 from numba import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 
 @intrinsic
@@ -68,6 +70,33 @@ def exp_inplace_float32(a):
         scale_a = _bits_as_float32((n_half + np.int32(127)) << np.int32(23))
         scale_b = _bits_as_float32((n - n_half + np.int32(127)) << np.int32(23))
         a[i] = _INF if x > _X_MAX else p * scale_a * scale_b
+
+
+@numba.njit(nogil=True, cache=True)
+def exp_inplace_float64(a):
+    """``a[i] = exp(a[i])`` for a contiguous 1-D float64 array, with libm's exp.
+
+    For exponentials taken inside other kernels (the causal attention kernel); outside
+    them, :func:`exp_inplace` uses numpy's.
+    """
+    for i in range(a.size):
+        a[i] = math.exp(a[i])
+
+
+def exp_inplace_flat(a):
+    """``exp`` in place of a contiguous 1-D array, for use inside Numba kernels.
+
+    Dispatches on the dtype at compile time: float32 to :func:`exp_inplace_float32`,
+    float64 to :func:`exp_inplace_float64`. Calling it from Python raises.
+    """
+    raise TypeError("exp_inplace_flat is for Numba kernels; call exp_inplace from Python.")
+
+
+@overload(exp_inplace_flat, jit_options={"nogil": True})
+def _exp_inplace_flat(a):
+    if a.dtype == types.float32:
+        return lambda a: exp_inplace_float32(a)
+    return lambda a: exp_inplace_float64(a)
 
 
 def exp_inplace(a):
