@@ -603,6 +603,57 @@ def _merge_state(prev, block):
 # FAVOR
 
 
+def _run_blocks(n_seq, n_blocks, prepare, step, after=None, n_tail=0, tail=None):
+    """Run ``n_blocks`` blocks of each of ``n_seq`` sequences in one pool run, each block's
+    ``step`` strictly after the previous block's in the same sequence; then ``n_tail``
+    further tasks.
+
+    ``prepare(n, b)`` runs as soon as a thread takes block ``b`` of sequence ``n``, in
+    parallel with anything else; ``step(n, b, prepared)`` once block ``b - 1`` of the same
+    sequence has stepped; ``after(n, b, stepped)`` once the next block may go on. Blocks
+    are queued block-major (the first blocks of all sequences before any second one), so
+    with several sequences a block rarely waits, and every sequence goes through the same
+    steps in the same order: results do not depend on the thread count. Then ``tail(j,
+    wait)`` for each ``j``, where ``wait(n)`` blocks until sequence ``n``'s last step and
+    returns False if a block failed. A failure anywhere releases everything waiting and
+    propagates.
+    """
+    n_ordered = n_seq * n_blocks
+    events = [threading.Event() for _ in range(n_ordered)]
+    failed = []
+
+    def wait(n):
+        events[(n_blocks - 1) * n_seq + n].wait()
+        return not failed
+
+    def task(rows):
+        i = rows.start
+        if i >= n_ordered:
+            tail(i - n_ordered, wait)
+            return
+        b, n = divmod(i, n_seq)
+        released = False
+        try:
+            prepared = prepare(n, b)
+            if b > 0:
+                events[i - n_seq].wait()
+                if failed:
+                    return
+            stepped = step(n, b, prepared)
+            events[i].set()
+            released = True
+            if after is not None:
+                after(n, b, stepped)
+        except BaseException:
+            failed.append(True)
+            raise
+        finally:
+            if not released:  # never leave a waiting block behind
+                events[i].set()
+
+    map_row_blocks(task, n_ordered + n_tail, block_rows=1)
+
+
 def _favor_signed(Qf, Kf, Vf, mask, fmap, causal):
     """FAVOR attention with signed features (trigonometric, generalized kernels) on
     flattened (N, L, d) inputs; returns (out, n_bad), n_bad the rows set to 0."""
@@ -622,6 +673,9 @@ def _favor_signed(Qf, Kf, Vf, mask, fmap, causal):
             with bad_lock:
                 n_bad[0] += k
 
+    def rows_of(b, L):
+        return b * block_rows, min(L, (b + 1) * block_rows)
+
     def query_block(n, lo, hi):
         q = Qf[n, lo:hi]
         _check_finite(q, "Q")
@@ -637,59 +691,33 @@ def _favor_signed(Qf, Kf, Vf, mask, fmap, causal):
         return fk, s, _ones_column(v, dtype)
 
     if causal:
+        # A pipeline: while one thread runs a block's prefix-sum kernel, another computes
+        # the next block's features.
         thresh = _THRESH[dtype]
-        nb = -(-Lq // block_rows)
-        events = [threading.Event() for _ in range(n_seq * nb)]
         carried = [None] * n_seq
-        failed = []
 
-        def causal_task(rows):
-            """Block b of sequence n: features in parallel with the other blocks, then the
-            prefix-sum kernel on top of the state left by block b - 1 (a pipeline: while
-            one thread runs a block's kernel, another computes the next block's features).
-            Every block sees exactly the computation of a single sequential pass, so the
-            output does not depend on the thread count or on the batch/head layout."""
-            # Block-major order: with several sequences the first blocks of all of them run
-            # before any second block, so a block rarely waits for its predecessor.
-            i = rows.start
-            b, n = divmod(i, n_seq)
-            lo, hi = b * block_rows, min(Lq, (b + 1) * block_rows)
-            released = False
-            try:
-                fq = query_block(n, lo, hi)
-                fk, s, u = key_block(n, lo, hi)
-                num = np.empty((hi - lo, e))
-                ref = np.empty(hi - lo)
-                if b > 0:
-                    events[i - n_seq].wait()
-                    if failed:
-                        return
-                    state, R = carried[n]
-                else:
-                    state, R = np.zeros((fq.shape[1], e)), -np.inf
-                R = causal_block(fq, fk, s, u, chunk, thresh, state, R, num, ref)
-                carried[n] = (state, R)
-                events[i].set()
-                released = True
-                del fq, fk, u
-                count(merge_normalize(num, ref, no_cross, -np.inf, out[n, lo:hi]))
-            except BaseException:
-                failed.append(True)
-                raise
-            finally:
-                if not released:  # never leave the next block waiting
-                    events[i].set()
+        def features(n, b):
+            lo, hi = rows_of(b, Lq)
+            return (query_block(n, lo, hi), *key_block(n, lo, hi))
 
-        map_row_blocks(causal_task, n_seq * nb, block_rows=1)
+        def kernel(n, b, prepared):
+            fq, fk, s, u = prepared
+            num, ref = np.empty((fq.shape[0], e)), np.empty(fq.shape[0])
+            state, R = (np.zeros((fq.shape[1], e)), -np.inf) if b == 0 else carried[n]
+            R = causal_block(fq, fk, s, u, chunk, thresh, state, R, num, ref)
+            carried[n] = (state, R)
+            return num, ref
+
+        def normalize(n, b, stepped):
+            lo, hi = rows_of(b, Lq)
+            count(merge_normalize(*stepped, no_cross, -np.inf, out[n, lo:hi]))
+
+        _run_blocks(n_seq, -(-Lq // block_rows), features, kernel, after=normalize)
         return out, n_bad[0]
 
     def key_local(n, b):
-        lo, hi = b * block_rows, min(Lk, (b + 1) * block_rows)
-        k, v = Kf[n, lo:hi], Vf[n, lo:hi]
-        _check_finite(k, "K")
-        _check_finite(v, "V")
-        fk, s = fmap(k, keys=True, seq=n)
-        _mask_keys(fk, s, None if mask is None else mask[n, lo:hi])
+        lo, hi = rows_of(b, Lk)
+        fk, s, u = key_block(n, lo, hi)
         R = float(s.max())
         state = np.zeros((fk.shape[1], e))
         if R > -np.inf:
@@ -697,50 +725,27 @@ def _favor_signed(Qf, Kf, Vf, mask, fmap, causal):
             # once in the GEMM dtype.
             w = np.exp(s - R).astype(dtype)
             wu = np.empty((hi - lo, e), dtype=dtype)
-            np.multiply(v, w[:, None], out=wu[:, :dv])
+            np.multiply(u[:, :dv], w[:, None], out=wu[:, :dv])
             wu[:, dv] = w
             for a in range(0, hi - lo, KEY_SUBBLOCK):
                 rows = slice(a, a + KEY_SUBBLOCK)
                 state += fk[rows].T @ wu[rows]
         return state, R
 
-    # One pool run: key blocks (block-major) fold their states in block order, so the
-    # rounding is fixed; query blocks, queued after all key blocks, compute their features
-    # while the keys are still being folded and wait only for their own sequence's state.
-    nbk, nbq = -(-Lk // block_rows), -(-Lq // block_rows)
-    n_key_tasks = n_seq * nbk
-    events = [threading.Event() for _ in range(n_key_tasks)]
     carried = [None] * n_seq
     S = [None] * n_seq
-    failed = []
+    nbk = -(-Lk // block_rows)
 
-    def key_task(i):
-        b, n = divmod(i, n_seq)
-        released = False
-        try:
-            pair = key_local(n, b)
-            if b > 0:
-                events[i - n_seq].wait()
-                if failed:
-                    return
-            carried[n] = _merge_state(carried[n], pair)
-            if b == nbk - 1 and carried[n][1] > -np.inf:
-                S[n] = carried[n][0].astype(dtype)
-            events[i].set()
-            released = True
-        except BaseException:
-            failed.append(True)
-            raise
-        finally:
-            if not released:  # never leave a waiting block behind
-                events[i].set()
+    def fold(n, b, pair):
+        carried[n] = _merge_state(carried[n], pair)
+        if b == nbk - 1 and carried[n][1] > -np.inf:
+            S[n] = carried[n][0].astype(dtype)
 
-    def query_task(j):
+    def query_task(j, wait):
         b, n = divmod(j, n_seq)
-        lo, hi = b * block_rows, min(Lq, (b + 1) * block_rows)
+        lo, hi = rows_of(b, Lq)
         fq = query_block(n, lo, hi)
-        events[(nbk - 1) * n_seq + n].wait()
-        if failed:
+        if not wait(n):
             return
         if S[n] is None:  # every key padded: no key to attend to
             out[n, lo:hi] = 0.0
@@ -748,14 +753,7 @@ def _favor_signed(Qf, Kf, Vf, mask, fmap, causal):
         num = fq @ S[n]
         count(merge_normalize(num, np.zeros(hi - lo), no_cross, -np.inf, out[n, lo:hi]))
 
-    def task(rows):
-        i = rows.start
-        if i < n_key_tasks:
-            key_task(i)
-        else:
-            query_task(i - n_key_tasks)
-
-    map_row_blocks(task, n_key_tasks + n_seq * nbq, block_rows=1)
+    _run_blocks(n_seq, nbk, key_local, fold, n_tail=n_seq * -(-Lq // block_rows), tail=query_task)
     return out, n_bad[0]
 
 
@@ -774,6 +772,9 @@ def _favor_positive(Qf, Kf, Vf, mask, fmap, causal):
     dtype, r, e = fmap.dtype, fmap.width, dv + 1
     out = np.empty((n_seq, Lq, dv), dtype=dtype)
 
+    def rows_of(b, L):
+        return b * block_rows, min(L, (b + 1) * block_rows)
+
     def query_block(n, lo, hi):
         q = Qf[n, lo:hi]
         _check_finite(q, "Q")
@@ -789,8 +790,6 @@ def _favor_positive(Qf, Kf, Vf, mask, fmap, causal):
         return zk, rt, v
 
     if causal:
-        nb = -(-Lq // block_rows)
-        events = [threading.Event() for _ in range(n_seq * nb)]
         carried = [None] * n_seq
         # The references each sequence's kernel left after its latest block (a snapshot):
         # a block computes its features against them while the previous block runs.
@@ -801,80 +800,49 @@ def _favor_positive(Qf, Kf, Vf, mask, fmap, causal):
             np.empty((0, e), dtype=dtype),
             np.empty(0, dtype=bool),
         )
-        failed = []
 
-        def causal_task(rows):
-            """Block b of sequence n: projections (and, against the latest published
-            references, features) in parallel with the other blocks, then the causal kernel
-            on top of the state left by block b - 1 (a pipeline). Every block sees exactly
-            the computation of a single sequential pass, so the output does not depend on
-            the thread count or on the batch/head layout."""
-            # Block-major order: the first blocks of all sequences run before any second one.
-            i = rows.start
-            b, n = divmod(i, n_seq)
-            lo, hi = b * block_rows, min(Lq, (b + 1) * block_rows)
-            released = False
-            try:
-                zq = query_block(n, lo, hi)
-                zk, rt, v = key_block(n, lo, hi)
-                if not (np.isfinite(zq).all() and np.isfinite(zk).all()):
-                    raise _overflow_error(dtype)
-                guess = published[n]
-                if guess is not None:
-                    ahead = (
-                        np.empty(zq.shape, dtype=dtype),
-                        np.empty(zk.shape, dtype=dtype),
-                        np.empty((hi - lo, e), dtype=dtype),
-                        np.empty(hi - lo, dtype=bool),
-                    )
-                    log_causal_stage(zq, zk, rt, v, *guess, thresh, bits, *ahead)
-                if b > 0:
-                    events[i - n_seq].wait()
-                    if failed:
-                        return
-                    state, c, kappa = carried[n]
-                else:
-                    state, c, kappa = np.zeros((r, e)), np.full(r, -np.inf), np.zeros(dv)
-                # Features computed ahead are used only if the guess was right; the kernel
-                # would compute the same bits itself.
-                use = (
-                    guess is not None
-                    and np.array_equal(guess[0], c)
-                    and np.array_equal(guess[1], kappa)
+        def features(n, b):
+            """Projections and, against the latest published references, features."""
+            lo, hi = rows_of(b, Lq)
+            zq = query_block(n, lo, hi)
+            zk, rt, v = key_block(n, lo, hi)
+            if not (np.isfinite(zq).all() and np.isfinite(zk).all()):
+                raise _overflow_error(dtype)
+            guess, ahead = published[n], None
+            if guess is not None:
+                ahead = (
+                    np.empty(zq.shape, dtype=dtype),
+                    np.empty(zk.shape, dtype=dtype),
+                    np.empty((hi - lo, e), dtype=dtype),
+                    np.empty(hi - lo, dtype=bool),
                 )
-                log_causal_block(
-                    zq,
-                    zk,
-                    rt,
-                    v,
-                    chunk,
-                    thresh,
-                    bits,
-                    state,
-                    c,
-                    kappa,
-                    out[n, lo:hi],
-                    use,
-                    *(ahead if use else nothing_ahead),
-                )
-                carried[n] = (state, c, kappa)
-                if c[0] > -np.inf:
-                    published[n] = (c.copy(), kappa.copy())
-                events[i].set()
-                released = True
-            except BaseException:
-                failed.append(True)
-                raise
-            finally:
-                if not released:  # never leave the next block waiting
-                    events[i].set()
+                log_causal_stage(zq, zk, rt, v, *guess, thresh, bits, *ahead)
+            return zq, zk, rt, v, guess, ahead
 
-        map_row_blocks(causal_task, n_seq * nb, block_rows=1)
+        def kernel(n, b, prepared):
+            zq, zk, rt, v, guess, ahead = prepared
+            lo, hi = rows_of(b, Lq)
+            if b == 0:
+                state, c, kappa = np.zeros((r, e)), np.full(r, -np.inf), np.zeros(dv)
+            else:
+                state, c, kappa = carried[n]
+            # Features computed ahead are used only if the guess was right; the kernel
+            # would compute the same bits itself.
+            use = guess is not None and all(map(np.array_equal, guess, (c, kappa)))
+            log_causal_block(
+                zq, zk, rt, v, chunk, thresh, bits, state, c, kappa, out[n, lo:hi],
+                use, *(ahead if use else nothing_ahead),
+            )  # fmt: skip
+            carried[n] = (state, c, kappa)
+            if c[0] > -np.inf:
+                published[n] = (c.copy(), kappa.copy())
+
+        _run_blocks(n_seq, -(-Lq // block_rows), features, kernel)
         return out
 
     def key_local(n, b):
         """One key block's (state, c, kappa), against its own column references."""
-        lo, hi = b * block_rows, min(Lk, (b + 1) * block_rows)
+        lo, hi = rows_of(b, Lk)
         zk, rt, v = key_block(n, lo, hi)
         c = np.full(r, -np.inf)
         if not key_column_max(zk, rt, c):
@@ -892,46 +860,24 @@ def _favor_positive(Qf, Kf, Vf, mask, fmap, causal):
                 state += fk[rows].T @ u[rows]
         return state, c, kappa
 
-    # One pool run: key blocks (block-major) fold their states in block order, so the
-    # rounding is fixed; query blocks, queued after all key blocks, project while the keys
-    # are still being folded and wait only for their own sequence's state.
-    nbk, nbq = -(-Lk // block_rows), -(-Lq // block_rows)
-    n_key_tasks = n_seq * nbk
-    events = [threading.Event() for _ in range(n_key_tasks)]
     carried = [None] * n_seq
     final = [None] * n_seq
-    failed = []
+    nbk = -(-Lk // block_rows)
 
-    def key_task(i):
-        b, n = divmod(i, n_seq)
-        released = False
-        try:
-            block = key_local(n, b)
-            if b > 0:
-                events[i - n_seq].wait()
-                if failed:
-                    return
-                merge_log_states(*carried[n], *block)
-            else:
-                carried[n] = block
-            if b == nbk - 1:
-                state, c, kappa = carried[n]
-                final[n] = (state.astype(dtype), c, kappa)
-            events[i].set()
-            released = True
-        except BaseException:
-            failed.append(True)
-            raise
-        finally:
-            if not released:  # never leave a waiting block behind
-                events[i].set()
+    def fold(n, b, block):
+        if b == 0:
+            carried[n] = block
+        else:
+            merge_log_states(*carried[n], *block)
+        if b == nbk - 1:
+            state, c, kappa = carried[n]
+            final[n] = (state.astype(dtype), c, kappa)
 
-    def query_task(j):
+    def query_task(j, wait):
         b, n = divmod(j, n_seq)
-        lo, hi = b * block_rows, min(Lq, (b + 1) * block_rows)
+        lo, hi = rows_of(b, Lq)
         zq = query_block(n, lo, hi)
-        events[(nbk - 1) * n_seq + n].wait()
-        if failed:
+        if not wait(n):
             return
         state, c, kappa = final[n]
         if c[0] == -np.inf:  # every key padded: no key to attend to
@@ -942,14 +888,7 @@ def _favor_positive(Qf, Kf, Vf, mask, fmap, causal):
         num = exp_inplace(zq) @ state
         normalize_rows(num, kappa, out[n, lo:hi])
 
-    def task(rows):
-        i = rows.start
-        if i < n_key_tasks:
-            key_task(i)
-        else:
-            query_task(i - n_key_tasks)
-
-    map_row_blocks(task, n_key_tasks + n_seq * nbq, block_rows=1)
+    _run_blocks(n_seq, nbk, key_local, fold, n_tail=n_seq * -(-Lq // block_rows), tail=query_task)
     return out
 
 
