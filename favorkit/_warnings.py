@@ -12,14 +12,24 @@ __all__ = ["NumericalWarning", "warn"]
 
 
 class NumericalWarning(UserWarning):
-    """A numerical guard fired: results were set to 0 or lost precision, and why.
+    """A numerical guard fired and says what it did: rows set to 0, and why.
+
+    Raised by attention with signed features (the trigonometric estimator, generalized
+    kernels), whose normalizer can be ``<= 0``. The positive estimators and the
+    transformers raise a ``ValueError`` instead where a result cannot be represented.
+    Filter it like any warning.
 
     Examples
     --------
     >>> import warnings
-    >>> from favorkit import NumericalWarning
-    >>> warnings.simplefilter("error", NumericalWarning)  # make the guard an error
-    >>> warnings.resetwarnings()
+    >>> import numpy as np
+    >>> from favorkit import NumericalWarning, favor_attention
+    >>> Q, K, V = np.random.default_rng(0).normal(scale=2.0, size=(3, 64, 4))
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always", NumericalWarning)
+    ...     out = favor_attention(Q, K, V, n_components=4, estimator="trig", random_state=0)
+    >>> caught[0].category.__name__, "set to 0" in str(caught[0].message)
+    ('NumericalWarning', True)
     """
 
 

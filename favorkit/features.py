@@ -514,6 +514,21 @@ class PositiveRandomFeatures(_RandomFeatures):
         return out
 
 
+def _saderf_scales(ex, ey):
+    """``Ψ_l = ((E v_l² + ε) / (E u_l² + ε))^{1/4}``, ε a tiny fraction of the mean energy.
+
+    Ψ does not change when both energies are scaled alike, so moments whose sum overflows
+    (each of them finite) are divided by their largest first.
+    """
+    total = ex.sum() + ey.sum()
+    if not np.isfinite(total):
+        top = max(ex.max(), ey.max())
+        ex, ey = ex / top, ey / top
+        total = ex.sum() + ey.sum()
+    eps = 1e-12 * max(total, np.finfo(np.float64).tiny) / ex.size
+    return ((ey + eps) / (ex + eps)) ** 0.25
+
+
 def gerf_parameters(mean_x, mean_sq_x, mean_y, mean_sq_y, *, saderf):
     """FAVOR++/SADERF parameters ``(A*, Ψ)`` from column moments of queries and keys.
 
@@ -529,16 +544,7 @@ def gerf_parameters(mean_x, mean_sq_x, mean_y, mean_sq_y, *, saderf):
     ey = np.asarray(mean_sq_y, dtype=np.float64)
     d = ex.size
     with np.errstate(over="ignore", invalid="ignore"):
-        if saderf:
-            total = ex.sum() + ey.sum()
-            if not np.isfinite(total):  # Ψ is scale-free: rescale huge (finite) moments
-                top = max(ex.max(), ey.max())
-                ex, ey, total = ex / top, ey / top, (ex / top).sum() + (ey / top).sum()
-            eps = 1e-12 * max(total, np.finfo(np.float64).tiny) / d
-            psi = ((ey + eps) / (ex + eps)) ** 0.25
-            ex, ey = np.asarray(mean_sq_x, dtype=np.float64), np.asarray(mean_sq_y, np.float64)
-        else:
-            psi = np.ones(d)
+        psi = _saderf_scales(ex, ey) if saderf else np.ones(d)
         phi = float(ex @ psi**2 + ey @ psi**-2 + 2.0 * np.dot(mean_x, mean_y))
     if not (np.isfinite(phi) and np.isfinite(psi).all()):
         raise ValueError(

@@ -277,3 +277,19 @@ def test_a_row_whose_features_all_underflow_is_an_error_that_counts_rows_of_x():
         ValueError, match=r"\d+ of 1200 rows of X have every feature below.*StandardScaler"
     ):
         pipe.fit(X[:1200], y[:1200])
+
+
+def test_gerf_parameters_from_huge_moments():
+    """Energies near the largest float64: Ψ is scale-free, so finite moments whose sum
+    overflows still give finite parameters; moments whose φ overflows are an error."""
+    from favorkit.features import gerf_parameters
+
+    zero = np.zeros(2)
+    a, psi = gerf_parameters(zero, [1e308, 1.0], zero, [1.0, 1e308], saderf=True)
+    assert np.isfinite(a) and a < 0
+    # ((E v² + ε) / (E u² + ε))^{1/4} with ε = 1e-12 of the mean energy: 1e-3 and 1e3.
+    assert_allclose(psi, [1e-3, 1e3], rtol=1e-6)
+    with pytest.raises(ValueError, match="statistics .* overflow float64"):
+        gerf_parameters(zero, [1e308, 1e308], zero, [1e308, 1e308], saderf=True)
+    with pytest.raises(ValueError, match="statistics .* overflow float64"):
+        PositiveRandomFeatures(4, estimator="optimal").fit(np.full((3, 2), 1e200))
