@@ -1,5 +1,5 @@
 """Speed and memory of FAVOR attention against exact attention, performer-pytorch and this
-machine's limit (issue 3).
+machine's limit.
 
 Targets, one head, d = 64, m = 256, float32, L = 16 384, all ratios from this run:
 
@@ -11,7 +11,7 @@ Targets, one head, d = 64, m = 256, float32, L = 16 384, all ratios from this ru
 * causal at L = 1 048 576 runs, and its peak memory beyond inputs and output stays within
   2x of the output's size (measured in a fresh subprocess from /proc/self/status VmHWM,
   which sees Numba's and BLAS's allocations too);
-* issue 5: FAVOR++ (``estimator="optimal"``), simplex projections and SADERF cost the same
+* FAVOR++ (``estimator="optimal"``), simplex projections and SADERF cost the same
   order as FAVOR+: each within 1.2x of FAVOR+'s time, bidirectional (A* and Ψ fitted per
   call from the sequence) and causal (A* and Ψ fitted once in ``fit``).
 
@@ -46,7 +46,8 @@ TARGETS = {
     "causal_vs_performer_pytorch": 10.0,
     "memory_beyond_io_over_output": 2.0,
 }
-# issue 5: time of each contender over FAVOR+'s (same mode), at most 1.2.
+# Target: the time of each later estimator (FAVOR++, simplex, SADERF) over FAVOR+'s (same
+# mode), at most 1.2.
 VARIANTS = {
     "optimal": {"estimator": "optimal"},
     "simplex": {"projection": "simplex"},

@@ -1,6 +1,6 @@
 """Speed of the feature maps against numpy, sklearn's RBFSampler and this machine's limit.
 
-Issue #2's targets at n = 100 000, d = 64, m = 256: ``PositiveRandomFeatures.transform``
+Targets at n = 100 000, d = 64, m = 256: ``PositiveRandomFeatures.transform``
 >= 1.5x faster than ``RBFSampler(n_components=256).transform`` in float32 and >= 2.5x in
 float64, and within 1.5x of the machine's limit (the GEMM at the measured BLAS rate plus
 one exp per output at the best measured two-core exp rate), all measured in this run.
@@ -27,7 +27,7 @@ from favorkit import OrthogonalRFF, PositiveRandomFeatures
 
 TARGETS = {"float32": 1.5, "float64": 2.5}
 LIMIT_FACTOR = 1.5
-# Issue 5: the later estimators cost the same order as FAVOR+.
+# Target: the later estimators (FAVOR++, simplex, SADERF) each within 1.2x of FAVOR+'s time.
 LATER_ESTIMATORS_FACTOR = 1.2
 
 

@@ -448,22 +448,19 @@ def kernel_samples(estimator, W, X, Y):
     * ``"hyperbolic"``: ``Λ cosh(ω_k·z)`` (``PositiveRandomFeatures(estimator="hyperbolic")``);
     * ``"trig"``:       ``exp((|x|²+|y|²)/2) cos(ω_k·(x-y))`` (``OrthogonalRFF(kernel="softmax")``).
 
-    Each transformer scales its features by ``1/sqrt(M)`` (``1/sqrt(2M)`` per pair half for
-    the hyperbolic map), so the per-projection products are multiplied back by ``M``.
+    The map knows its column blocks and scaling (``per_projection``).
     """
-    from favorkit import OrthogonalRFF, PositiveRandomFeatures
+    from favorkit import OrthogonalRFF, PositiveRandomFeatures, maps
 
     M = W.shape[0]
-    if estimator == "trig":
-        t = OrthogonalRFF(M, kernel="softmax", projection=W).fit(X)
-    elif estimator in ("positive", "hyperbolic"):
+    fmap = maps.get(estimator)
+    if fmap.exponential:
         t = PositiveRandomFeatures(M, kernel="softmax", estimator=estimator, projection=W).fit(X)
+    elif isinstance(fmap, maps.TrigMap):
+        t = OrthogonalRFF(M, kernel="softmax", projection=W).fit(X)
     else:
-        raise ValueError(f"unknown estimator {estimator!r}")
-    Fx, Fy = t.transform(X), t.transform(Y)
-    if estimator == "positive":
-        return M * Fx * Fy
-    return M * (Fx[:, :M] * Fy[:, :M] + Fx[:, M:] * Fy[:, M:])
+        raise ValueError(f"no softmax-kernel transformer for the map {estimator!r}")
+    return fmap.per_projection(t.transform(X), t.transform(Y))
 
 
 def draw_groups(projection, n_groups, group_size, d, seed, **kwargs):
@@ -492,30 +489,6 @@ def prefix_estimates(samples, G, ms):
     return np.stack([c[:, :, m - 1] / m for m in ms], axis=2)
 
 
-def _term_moment(estimator, x, y, j):
-    """Raw moment E[Y^j] of one per-projection term Y of an iid estimator (ω ~ N(0, I)).
-
-    Each term is ``a · cos^j`` / ``cosh^j`` / ``exp`` of a Gaussian u = ω·v; expanding the
-    power into exponentials ``e^{λu}`` and using E e^{λu} = e^{λ² |v|²/2} (λ real) or
-    e^{-n²|v|²/2} (λ = i n) gives closed forms.
-    """
-    from math import comb
-
-    sx, sy = np.sum(x * x, -1), np.sum(y * y, -1)
-    if estimator == "positive":
-        s = np.sum((x + y) ** 2, -1)
-        return np.exp(-0.5 * j * (sx + sy) + 0.5 * j * j * s)
-    if estimator == "hyperbolic":
-        s = np.sum((x + y) ** 2, -1)
-        tot = sum(comb(j, k) * np.exp(0.5 * (j - 2 * k) ** 2 * s) for k in range(j + 1))
-        return np.exp(-0.5 * j * (sx + sy)) * tot / 2**j
-    if estimator == "trig":
-        t = np.sum((x - y) ** 2, -1)
-        tot = sum(comb(j, k) * np.exp(-0.5 * (j - 2 * k) ** 2 * t) for k in range(j + 1))
-        return np.exp(0.5 * j * (sx + sy)) * tot / 2**j
-    raise ValueError(estimator)
-
-
 def iid_sq_error_sd(estimator, x, y, m):
     """Standard deviation of the squared error of an iid estimator with m projections.
 
@@ -524,7 +497,10 @@ def iid_sq_error_sd(estimator, x, y, m):
     standard error under H0 for the Lemma 2 z-tests: the sample sd of heavy-tailed squared
     errors is itself too noisy (and correlated with the sample mean) to standardize with.
     """
-    r1, r2, r3, r4 = (_term_moment(estimator, x, y, j) for j in (1, 2, 3, 4))
+    from favorkit import maps
+
+    fmap = maps.get(estimator)
+    r1, r2, r3, r4 = (fmap.term_moment(x, y, j) for j in (1, 2, 3, 4))
     mu2 = r2 - r1**2
     mu4 = r4 - 4 * r1 * r3 + 6 * r1**2 * r2 - 3 * r1**4
     m = np.asarray(m, dtype=float)

@@ -1,7 +1,7 @@
 """Fig. 4: attention approximation error, orthogonal vs iid and positive vs trig features.
 
 Protocols (our assumption: the paper gives only "appropriately normalized random matrix input
-data"). ``gaussian`` (spec/math.md (b)): Q, K, V with iid N(0, 1) entries. ``unit``: the same,
+data"). ``gaussian`` (our reading of Fig. 4): Q, K, V with iid N(0, 1) entries. ``unit``: the same,
 then each row of Q and K rescaled to norm d^{1/4}, so that the scaled q/d^{1/4} has norm 1.
 L = 4096 (``--full``), d = 16, logits q·k/√d; exact attention from favorkit's
 ``softmax_attention`` (log-sum-exp, float64); approximate attention from ``FavorAttention``
@@ -24,7 +24,7 @@ import _common as C
 import numpy as np
 from scipy import stats
 
-from favorkit import FavorAttention, softmax_attention
+from favorkit import FavorAttention, maps, softmax_attention
 
 NAME = "attention_error"
 TITLE = "Fig. 4: attention approximation error vs number of features"
@@ -39,7 +39,8 @@ PARAMS = {
 
 
 def n_projections(estimator, r):
-    return r if estimator == "positive" else r // 2
+    """Projections m giving r features (the paired maps have two blocks of m)."""
+    return r // len(maps.get(estimator).blocks)
 
 
 def exact_matrix(Q, K):
@@ -185,7 +186,7 @@ def run(ctx):
     bad = {pr: res[..., 2] for pr, res in allres.items()}
     notes = [
         "Protocols are our assumption (the paper: 'appropriately normalized random matrix "
-        "input data'). gaussian: Q, K, V ~ N(0, 1) (spec/math.md (b)); unit: rows of Q and K "
+        "input data'). gaussian: Q, K, V ~ N(0, 1) (our reading of Fig. 4); unit: rows of Q and K "
         "rescaled to norm d^{1/4}, i.e. unit norm after the d^{-1/4} scaling. Logits q·k/√d, "
         f"L = {L}, d = {d}, {n} repeats with fresh data and features; full mode L = 4096, "
         "15 repeats, as in the paper's caption.",

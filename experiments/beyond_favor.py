@@ -1,12 +1,15 @@
 """Beyond FAVOR+: FAVOR++ (OPRF), simplex coupling and SADERF against their exact MSE.
 
-Reproduces spec/beyond.md §4.5 (exact relative MSE of iid / orthogonal / simplex couplings
-of positive and OPRF features, d in {16, 64}) with the closed forms of
-``favorkit._beyond_theory`` and checks them by Monte Carlo with favorkit's own
-``PositiveRandomFeatures`` wherever the tails allow; measures the relative MSE vs m on a
-batch of queries and keys against ``expected_error`` (FAVOR+, FAVOR++, simplex, FAVOR++ with
-simplex, SADERF); recomputes the §3.6 query/key regimes (mean log(1 + relVar)); and measures
-the attention-output error against exact softmax attention (Fig. 4 protocol, L = 4096).
+Reproduces reference values (an independent computation, not printed in the papers) of the
+exact relative MSE of iid / orthogonal / simplex couplings (Simplex Random Features, Reid et
+al. 2023) of positive and OPRF features (Chefs' Random Tables, Likhosherstov et al. 2022),
+d in {16, 64}, with the closed forms of ``favorkit.theory`` and checks them by
+Monte Carlo with favorkit's own ``PositiveRandomFeatures`` wherever the tails allow; measures
+the relative MSE vs m on a batch of queries and keys against ``expected_error`` (FAVOR+,
+FAVOR++, simplex, FAVOR++ with simplex, SADERF); recomputes reference values (an independent
+computation) of mean log(1 + relVar) for query/key regimes where SADERF (Likhosherstov et al.
+2023, "Dense-Exponential Random Features") should or should not help; and measures the
+attention-output error against exact softmax attention (Fig. 4 protocol, L = 4096).
 """
 
 from __future__ import annotations
@@ -17,22 +20,13 @@ import _common as C
 import numpy as np
 from scipy import stats
 
-from favorkit import PositiveRandomFeatures, favor_attention, sampling, softmax_attention
-
-try:  # re-exported from favorkit.theory once the issue-5 closed forms are merged there
-    from favorkit.theory import (
-        coupled_relative_mse,
-        expected_error,
-        gerf_relative_variance,
-        optimal_gerf_a,
-    )
-except ImportError:
-    from favorkit._beyond_theory import (
-        coupled_relative_mse,
-        expected_error,
-        gerf_relative_variance,
-        optimal_gerf_a,
-    )
+from favorkit import PositiveRandomFeatures, favor_attention, maps, sampling, softmax_attention
+from favorkit.theory import (
+    coupled_relative_mse,
+    expected_error,
+    gerf_relative_variance,
+    optimal_gerf_a,
+)
 
 NAME = "beyond_favor"
 TITLE = "Beyond FAVOR+: FAVOR++, simplex and SADERF vs their exact MSE"
@@ -45,7 +39,7 @@ SAMPLERS = {
     "simplex": sampling.simplex,
 }
 
-# (label, estimator, coupling) for the single-pair table of §4.5.
+# (label, estimator, coupling) for the single-pair reference table TABLE_45.
 TABLE_METHODS = [
     ("PosRF iid", "positive", "iid"),
     ("PosRF ORF (FAVOR+)", "positive", "orthogonal"),
@@ -54,7 +48,8 @@ TABLE_METHODS = [
     ("OPRF ORF (FAVOR++)", "optimal", "orthogonal"),
     ("OPRF SimRF", "optimal", "simplex"),
 ]
-# beyond.md §4.5: d, z, then the six columns above (exact relative MSE, m = d).
+# Reference values (an independent computation, not printed in Reid et al. 2023 or
+# Likhosherstov et al. 2022): d, z, then the six columns above (exact relative MSE, m = d).
 TABLE_45 = [
     (16, 0.25, 1.775e-2, 1.616e-2, 1.360e-3, 1.716e-2, 1.558e-2, 7.718e-4),
     (16, 1, 1.074e-1, 8.396e-2, 2.938e-2, 9.100e-2, 6.757e-2, 1.299e-2),
@@ -73,7 +68,8 @@ BATCH_METHODS = [
     ("FAVOR++ SimRF (optimal, simplex)", "optimal", "simplex"),
     ("SADERF (saderf, ORF)", "saderf", "orthogonal"),
 ]
-# beyond.md §3.6 (L = 512, d = 64, mean ± sd over 5 seeds of mean log(1 + relVar)).
+# Reference values (an independent computation, not printed in Likhosherstov et al. 2023):
+# L = 512, d = 64, mean ± sd over 5 seeds of mean log(1 + relVar).
 TABLE_36 = {
     "isotropic": {"positive": (15.94, 0.12), "optimal": (11.58, 0.07), "saderf": (11.57, 0.07)},
     "per-dim scales": {"positive": (47.1, 2.0), "optimal": (24.9, 0.7), "saderf": (17.3, 1.1)},
@@ -171,7 +167,7 @@ def iid_rel_se(z, d, a, m, R):
     E[err⁴] = (μ4 + 3(m-1)μ2²)/m³. Used as the "tails allow" gate (coupling lowers μ2).
     """
     e2, e3, e4 = (np.exp(log_moment(j, z, d, a)) for j in (2, 3, 4))
-    mu2 = gerf_relative_variance(z, d, a)  # = e2 - 1 (§2.2)
+    mu2 = gerf_relative_variance(z, d, a)  # = e2 - 1 (GERF variance, Likhosherstov et al. 2022)
     mu4 = e4 - 4 * e3 + 6 * e2 - 3.0
     var_sq = (mu4 + 3 * (m - 1) * mu2**2) / m**3 - (mu2 / m) ** 2
     return np.sqrt(max(var_sq, 0.0) / R) / (mu2 / m)
@@ -270,7 +266,7 @@ def _attention_data(setting):
     return _ATTN_CACHE[key]
 
 
-# --------------------------------------------------------------------------- regimes (§3.6)
+# --------------------------------------------------------------------------- regimes (TABLE_36)
 
 
 def regime(name, d, L, seed):
@@ -284,8 +280,8 @@ def regime(name, d, L, seed):
         k = h * np.exp(rng.normal(0.0, 0.75, d))
     elif name == "random covariances":
         # Our reading of "x = (g·C·1.5 + μ)/d^{1/4}": C a random d x d matrix with N(0, 1/d)
-        # entries and μ ~ N(0, 0.5² I), drawn independently for Q and K (the note does not
-        # give its recipe, so this regime is not a reproduction).
+        # entries and μ ~ N(0, 0.5² I), drawn independently for Q and K (the reference
+        # computation does not give its recipe, so this regime is not a reproduction).
         cq, ck = (rng.normal(size=(d, d)) / np.sqrt(d) for _ in range(2))
         mq, mk = (rng.normal(0.0, 0.5, d) for _ in range(2))
         q, k = g @ cq * 1.5 + mq, h @ ck * 1.5 + mk
@@ -310,13 +306,13 @@ def run(ctx):
     claims, rows = [], []
     notes = []
 
-    # ---- 1. §4.5 table from the closed forms
+    # ---- 1. the reference table TABLE_45 from the closed forms
     table_dev = []
     best_everywhere = True
     for d, z, *printed in TABLE_45:
         a = optimal_gerf_a(z, d)
         ours = [
-            float(coupled_relative_mse(z, d, d, a=a if est == "optimal" else 0.0, coupling=cp))
+            float(coupled_relative_mse(z, d, d, a=a if maps.get(est).fitted else 0.0, coupling=cp))
             for _, est, cp in TABLE_METHODS
         ]
         best_everywhere &= int(np.argmin(ours)) == len(ours) - 1 or np.isclose(
@@ -343,8 +339,9 @@ def run(ctx):
     worst = max(table_dev)
     claims.append(
         C.Claim(
-            "beyond.md §4.5: exact relative MSE of PosRF/OPRF × iid/ORF/SimRF, m = d ∈ {16, 64}",
-            "closed forms of favorkit._beyond_theory (A-free covariance series)",
+            "Reference values (an independent computation): exact relative MSE of "
+            "PosRF/OPRF × iid/ORF/SimRF, m = d ∈ {16, 64}",
+            "closed forms of favorkit.theory (A-free covariance series)",
             f"{len(table_dev)} cells; worst |ours − printed| = {worst:.2f} half-units of the "
             "4th significant digit",
             "every cell within half a unit of the printed 4th significant digit",
@@ -353,7 +350,8 @@ def run(ctx):
     )
     claims.append(
         C.Claim(
-            "OPRF + SimRF (FAVOR++ with simplex) is the best cell in every row of §4.5",
+            "OPRF + SimRF (FAVOR++ with simplex) is the best cell in every row of the reference "
+            "table",
             "closed forms, 8 rows",
             "best in every row" if best_everywhere else "not best in some row",
             "argmin over the six closed-form columns is OPRF SimRF (ties allowed)",
@@ -379,7 +377,7 @@ def run(ctx):
         e = np.concatenate(parts)  # (R, n_m) of K̂/K
         R = e.shape[0]
         ms = np.array(ms_for(d))
-        a = optimal_gerf_a(z, d) if est == "optimal" else 0.0
+        a = optimal_gerf_a(z, d) if maps.get(est).fitted else 0.0
         th = coupled_relative_mse(z, d, ms, a=a, coupling=cp)
         mse, se = C.mean_se((e - 1.0) ** 2)
         bias, bias_se = C.mean_se(e[:, -1] - 1.0)
@@ -412,7 +410,8 @@ def run(ctx):
         C.Claim(
             "Monte Carlo relative MSE of single pairs (PositiveRandomFeatures, axis-aligned x+y) "
             "matches the exact coupled MSE, every m from 1 to 2d",
-            "coupled_relative_mse (§4.4; blocks of d, covariance only within a block)",
+            "coupled_relative_mse (exact MSE of a fixed-angle coupling; blocks of d, covariance "
+            "only within a block)",
             f"{len(z_mse)} cells tested, max |z| = {worst:.2f}; {n_skip_cells} heavy-tailed "
             "cells left to the exact formula",
             crit + f"; cells tested only if the iid-moment relative se ≤ {MAX_REL_SE}",
@@ -531,7 +530,7 @@ def run(ctx):
         )
     )
 
-    # ---- 4. §3.6 regimes (closed-form mean log(1 + relVar) on drawn data)
+    # ---- 4. TABLE_36 regimes (closed-form mean log(1 + relVar) on drawn data)
     L, n_seeds = P["regime_L"], P["regime_seeds"]
     reg = {}
     for name in ("isotropic", "per-dim scales", "random covariances"):
@@ -566,9 +565,9 @@ def run(ctx):
     ok, worst, _, crit = C.all_within(zr)
     claims.append(
         C.Claim(
-            f"§3.6 regimes (L={L}, d=64, {n_seeds} seeds): mean log(1+relVar) of PosRF, OPRF, "
-            "SADERF",
-            "beyond.md §3.6 table (isotropic; per-dim scales)",
+            f"Query/key regimes (L={L}, d=64, {n_seeds} seeds): mean log(1+relVar) of PosRF, "
+            "OPRF, SADERF",
+            "reference values, an independent computation (isotropic; per-dim scales)",
             "; ".join(txt),
             crit + "; se of the difference of two seed-means, sd pooled",
             ok,
@@ -581,7 +580,8 @@ def run(ctx):
     claims.append(
         C.Claim(
             "SADERF gains over OPRF only when Q and K scales differ; OPRF gains over PosRF",
-            "§3.6: OPRF − PosRF ≈ −4.4 (isotropic); SADERF − OPRF ≈ −7.6 (scales), ≈ 0 (isotropic)",
+            "reference values: OPRF − PosRF ≈ −4.4 (isotropic); SADERF − OPRF ≈ −7.6 "
+            "(scales), ≈ 0 (isotropic)",
             f"PosRF − OPRF = {d_iso:.2f} (e^{d_iso:.1f}); OPRF − SADERF = {d_sad:.2f} with "
             f"mismatched scales, {d_sad_iso:.3f} isotropic",
             "computed differences: > 1 (a factor e) where a gain is claimed, |·| < 0.1 isotropic",
@@ -590,13 +590,15 @@ def run(ctx):
     )
     sd_ratio = het["positive"].std(ddof=1) / TABLE_36["per-dim scales"]["positive"][1]
     notes.append(
-        "§3.6 'per-dim scales': our seed-to-seed sd of the PosRF value is "
-        f"{sd_ratio:.1f}× the table's (we redraw the scales s_l with every seed; the note may "
-        "not have), so the comparison uses the pooled sd and is correspondingly loose."
+        "'per-dim scales' regime: our seed-to-seed sd of the PosRF value is "
+        f"{sd_ratio:.1f}× the reference table's (we redraw the scales s_l with every seed; the "
+        "reference computation may not have), so the comparison uses the pooled sd and is "
+        "correspondingly loose."
     )
     rc = {k: float(v.mean()) for k, v in reg["random covariances"].items()}
     notes.append(
-        "§3.6 'random covariances' regime: its recipe is not given in the note, so we use our "
+        "'random covariances' regime: the reference computation does not give its recipe, so "
+        "we use our "
         "reading (C with N(0, 1/d) entries, μ ~ N(0, 0.5²I), independent for Q and K; one seed) "
         f"and report it without a verdict: PosRF {rc['positive']:.2f}, OPRF {rc['optimal']:.2f}, "
         f"SADERF {rc['saderf']:.2f} (table: 42.28, 23.23, 23.13)."
@@ -717,7 +719,7 @@ def run(ctx):
         "from the closed-form iid fourth moment is ≤ "
         f"{MAX_REL_SE} (CSV column mc_tested); skipped (d, z, estimator, coupling, m) cells: "
         + (", ".join(str(s) for s in skipped[:12]) + (" …" if len(skipped) > 12 else "") or "none")
-        + ". The z = 16 rows of §4.5 rely on the exact formula alone (beyond.md §4.4).",
+        + ". The z = 16 rows of the reference table rely on the exact coupled-MSE formula alone.",
         f"Batch: d={B['d']}, L={B['L']} queries and keys, per-dimension scales "
         "exp(N(0, 0.5²)) on queries and their inverses on keys, then both rescaled so that "
         f"max |q+k|² = {BATCH_MAX_Z}; "
@@ -736,23 +738,29 @@ def _plot(ctx, curves, batch, B, reg, attn, attn_setting):
     P = ctx.params
     fig, axes = plt.subplots(2, 3, figsize=(16, 9.5))
     colors = {"iid": "tab:gray", "orthogonal": "tab:blue", "simplex": "tab:green"}
+    # Per estimator: line style, label, x offset (so the error bars do not overlap), marker,
+    # and whether markers are hollow.
     styles = {"positive": "-", "optimal": "--"}
+    labels = {"positive": "PosRF", "optimal": "OPRF"}
+    offsets = {"positive": 1.0, "optimal": 1.04}
+    markers = {"positive": "o", "optimal": "s"}
+    hollow = {"positive": False, "optimal": True}
     # (a), (b): single pairs at z = 1 for the two dimensions
     for ax, d in zip(axes[0, :2], (P["pair_ds"] * 2)[:2], strict=True):
         z = 1.0 if 1.0 in P["zs"] else P["zs"][0]
         for cp in SAMPLERS:
             for est in ("positive", "optimal"):
                 ms, mse, se, th, _ = curves[(d, cp, z, est)]
-                lab = f"{'PosRF' if est == 'positive' else 'OPRF'} {cp}"
+                lab = f"{labels[est]} {cp}"
                 ax.plot(ms, th, styles[est], color=colors[cp], lw=1.2, label=f"{lab} (exact)")
                 ax.errorbar(
-                    ms * (1.04 if est == "optimal" else 1.0),
+                    ms * offsets[est],
                     mse,
                     yerr=2 * se,
-                    fmt="o" if est == "positive" else "s",
+                    fmt=markers[est],
                     ms=3.5,
                     color=colors[cp],
-                    mfc="none" if est == "optimal" else colors[cp],
+                    mfc="none" if hollow[est] else colors[cp],
                 )
         ax.set(xscale="log", yscale="log", xlabel="projections m", ylabel="relative MSE")
         ax.set_title(f"single pair, d={d}, |x+y|²={z} (points: MC ± 2 se)", fontsize=9)
@@ -800,7 +808,7 @@ def _plot(ctx, curves, batch, B, reg, attn, attn_setting):
                 ax.plot(j + 0.27 * (i - 1), TABLE_36[n][est][0], "k_", ms=12)
     ax.set_xticks(range(len(names)), names, fontsize=8)
     ax.set_ylabel("mean log(1 + relVar), one feature")
-    ax.set_title("§3.6 regimes (bars: ours; black ticks: beyond.md table)", fontsize=9)
+    ax.set_title("Query/key regimes (bars: ours; black ticks: reference values)", fontsize=9)
     ax.legend(fontsize=7)
     if len(attn) < 2:
         axes[1, 1].set_visible(False)

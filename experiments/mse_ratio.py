@@ -31,7 +31,9 @@ POINTS = [
     (1.5, 2.6),
     (-1.0, -2.0),
 ]
-QUOTED_CROSSOVERS = {0.5: 2.08, 1.0: 1.74, 1.5: 1.65, 2.0: 1.61}  # spec/math.md a.5
+# Roots of r(φ, l) = 1 to 2 decimals: reference values (an independent computation from Lemma 2;
+# the paper prints only the plot of Fig. 2).
+QUOTED_CROSSOVERS = {0.5: 2.08, 1.0: 1.74, 1.5: 1.65, 2.0: 1.61}
 PARAMS = {
     "smoke": {"d": 4, "m": 16, "repeats": 100, "chunk": 50, "grid": 41},
     "quick": {"d": 8, "m": 128, "repeats": 2000, "chunk": 500, "grid": 301},
@@ -142,8 +144,8 @@ def run(ctx):
     )
     _plot(ctx, log_r, log_r_se, roots, m, R)
     notes = [
-        "r(φ, l) = MSE_trig / MSE_+ from Lemma 2 at |x| = |y| = l (spec/math.md a.5, a "
-        "[derived] reconstruction: the paper prints only the plot). It does not depend on m "
+        "r(φ, l) = MSE_trig / MSE_+ from Lemma 2 at |x| = |y| = l (our reconstruction: the "
+        "paper prints only the plot of Fig. 2). It does not depend on m "
         "or d; negative l means y = l·(cos φ, sin φ) with x = (l, 0), which gives the same r.",
         f"Both estimators use m = {m} iid projections (trig has 2m = {2 * m} features, "
         f"positive {m}); d = {d}.",

@@ -8,8 +8,8 @@
 2. The official key stabilizer subtracts the max over *all* key positions and then adds
    ``eps = 1e-6``; in causal mode the effective floor ``eps·e^{max}`` depends on future keys, so
    changing late keys changes earlier outputs. A NumPy mirror of that stabilizer (written
-   here, spec/math.md (c), (d).5) is compared with favorkit's causal ``favor_attention`` on
-   the same projection.
+   here after the official Performer code, google-research/performer, fast_attention) is
+   compared with favorkit's causal ``favor_attention`` on the same projection.
 """
 
 from __future__ import annotations
@@ -60,7 +60,11 @@ PARAMS = {
 
 
 def directions(d):
-    """z = 0.8·(1,…,1)/sqrt(d), 0.8·e_1, 0.8·e_d (peers.md Addendum)."""
+    """z = 0.8·(1,…,1)/sqrt(d), 0.8·e_1, 0.8·e_d.
+
+    The directions of the reference values: an independent run of the official JAX code
+    (google-research/performer, fast_attention) and of performer-pytorch.
+    """
     ones = np.full(d, 0.8 / np.sqrt(d))
     e1 = np.zeros(d)
     e1[0] = 0.8
@@ -91,7 +95,7 @@ def qr_task(job):
 
 
 def official_causal(Q, K, V, W):
-    """NumPy mirror of the official JAX FAVOR+ causal path (spec/math.md (c)).
+    """NumPy mirror of the official JAX FAVOR+ causal path (google-research/performer).
 
     ``c = d^{-1/4}``; queries: ``(exp(c q·W - c²|q|²/2 - max_features) + eps)/sqrt(m)``; keys:
     the same with the max taken over features *and all sequence positions*; causal prefix
@@ -190,8 +194,8 @@ def run(ctx):
         C.Claim(
             f"QR without the sign fix (official code) biases E[exp(ω·z)] (d={d}, {m}×{d} "
             "matrices, positive estimator)",
-            "unbiased would be ratio 1; peers.md Addendum: −14.6 % (1/√d), −7.5 % / +6.4 % "
-            "(e_1 / e_d)",
+            "unbiased would be ratio 1; reference values (an independent run of the official JAX "
+            "code): −14.6 % (1/√d), −7.5 % / +6.4 % (e_1 / e_d)",
             "; ".join(
                 f"{lab}: {100 * (mean[0, k] - 1):+.1f} % (z = {z[0, k]:.1f})"
                 for k, lab in enumerate(labels)
@@ -230,7 +234,8 @@ def run(ctx):
         C.Claim(
             f"The official stabilizer (key max over all positions + eps={EPS:g}) leaks: scaling "
             f"keys at positions ≥ {P['t']} by 8 changes earlier causal outputs",
-            "exactly causal attention would change nothing; peers.md Addendum: up to 2.48",
+            "exactly causal attention would change nothing; reference value (an independent run "
+            "of the official JAX code): up to 2.48",
             f"max change of earlier outputs: median {C.fmt(np.median(leak))}, min "
             f"{C.fmt(leak.min())}, max {C.fmt(leak.max())} over {leak.size} repeats",
             f"leak > {floor:g} (float64 round-off) in every repeat (deterministic check)",
@@ -255,7 +260,7 @@ def run(ctx):
     )
     claims.append(
         C.Claim(
-            "DESIGN.md rule: a future key leaves every earlier output unchanged *exactly* "
+            "Exact causality: a future key leaves every earlier output unchanged *exactly* "
             "(bitwise)",
             "change exactly 0",
             f"{int(np.sum(fk > 0))} of {fk.size} repeats changed an earlier output "

@@ -14,13 +14,13 @@ from pathlib import Path
 import _common as C
 import numpy as np
 
-from favorkit import theory
+from favorkit import maps, theory
 
 NAME = "variance_vs_features"
 TITLE = "Lemma 2: estimator MSE vs number of random features"
 ESTIMATORS = ("trig", "positive", "hyperbolic")
 PROJECTIONS = ("iid", "orthogonal")
-# (|x|, |y|, angle): trig wins on the first, positive on the last (spec/math.md a.5).
+# (|x|, |y|, angle): trig wins on the first, positive on the last (Lemma 2's closed forms).
 # |x+y|² <= 0.75 keeps the positive estimator's squared errors light-tailed enough for
 # z-tests at a few hundred repeats (their 4th moment grows like exp(8|x+y|²)).
 PAIRS = [(0.5, 0.5, np.pi / 3), (0.6, 0.6, np.pi / 2), (1.0, 1.0, 3 * np.pi / 4)]
@@ -87,6 +87,7 @@ def run(ctx):
         "hyperbolic": theory.mse_hyperbolic(X[:, None], Y[:, None], ms),
     }
     bound = theory.orthogonal_mse_bound(X[:, None], Y[:, None], ms, blocks=True)
+    theorem2 = {"positive": bound}  # Theorem 2 bounds the one-sided positive map only
 
     rows = []
     for e, en in enumerate(ESTIMATORS):
@@ -105,7 +106,7 @@ def run(ctx):
                                 "estimator": en,
                                 "projection": pn,
                                 "m": int(m),
-                                "n_features": int(m if en == "positive" else 2 * m),
+                                "n_features": int(maps.get(en).width(m)),
                                 "repeat": r,
                                 "estimate": est[e, p, i, r, j],
                                 "sq_error": err2[e, p, i, r, j],
@@ -131,7 +132,7 @@ def run(ctx):
                             "bias": bias[e, p, i, j],
                             "bias_se": bias_se[e, p, i, j],
                             "theory_mse_iid": closed[en][i, j],
-                            "theorem2_bound": bound[i, j] if en == "positive" else "",
+                            "theorem2_bound": "" if theorem2.get(en) is None else bound[i, j],
                         }
                     )
     C.write_csv(ctx.path(f"{NAME}_points.csv"), points)

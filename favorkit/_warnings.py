@@ -14,9 +14,10 @@ __all__ = ["NumericalWarning", "warn"]
 class NumericalWarning(UserWarning):
     """A numerical guard fired and says what it did: rows set to 0, and why.
 
-    Raised by attention with signed features (the trigonometric estimator, generalized
-    kernels), whose normalizer can be ``<= 0``. The positive estimators and the
-    transformers raise a ``ValueError`` instead where a result cannot be represented.
+    Raised by attention with signed features (the trigonometric estimator, the
+    activation maps of generalized attention), whose normalizer can be ``<= 0``. The
+    positive estimators and the transformers raise a ``ValueError`` instead where a result
+    cannot be represented.
     Filter it like any warning.
 
     Examples

@@ -9,7 +9,7 @@ Kernels (``kernel=``), with ``gamma > 0``:
 
 * ``"softmax"``:  ``K(x, y) = exp(gamma * x·y)``, the Performer's SM with ``u = sqrt(gamma) x``.
 * ``"gaussian"``: ``K(x, y) = exp(-gamma * |x - y|²)`` (sklearn's RBF convention), which is
-  ``SM(u, v) * exp(-|u|²/2) * exp(-|v|²/2)`` with ``u = sqrt(2 gamma) x`` (spec a.2).
+  ``SM(u, v) * exp(-|u|²/2) * exp(-|v|²/2)`` with ``u = sqrt(2 gamma) x`` (below Eq. 5).
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from favorkit import sampling
-from favorkit._beyond_theory import optimal_gerf_a
+from favorkit import maps, sampling
 from favorkit._kernels.fastexp import exp_inplace
 from favorkit._kernels.feature_maps import (
-    cos_offset_rows_inplace,
-    cos_sin_rows,
+    RowTerms,
     gerf_row_terms,
     gerf_rows_dense,
     plus_minus_shift_rows,
@@ -41,12 +39,13 @@ from favorkit._validation import (
     check_is_fitted,
     validate_data,
 )
-from favorkit._warnings import NumericalWarning
+from favorkit.maps import MapParams, Moments
 
-__all__ = ["NumericalWarning", "OrthogonalRFF", "PositiveRandomFeatures"]
-
+__all__ = ["OrthogonalRFF", "PositiveRandomFeatures"]
 
 _KERNELS = ("softmax", "gaussian")
+# OrthogonalRFF's feature layouts and the maps that produce them.
+_LAYOUTS = {"cossin": "trig", "cos": "cos"}
 
 
 class _RandomFeatures(TransformerMixin, BaseEstimator):
@@ -60,16 +59,20 @@ class _RandomFeatures(TransformerMixin, BaseEstimator):
         "random_state": ["random_state", np.random.Generator],
     }
 
-    # Subclasses: suffixes of the output column blocks, e.g. ("cos", "sin"), or ("",).
-    def _output_blocks(self):
+    # Subclasses: the feature map (favorkit.maps) this transformer's parameters select.
+    def _map(self):
         raise NotImplementedError
+
+    def _input_scale_sq(self):
+        """c² with u = c x (gamma for the softmax kernel, 2 gamma for the Gaussian one)."""
+        return maps.input_scale_sq(self.kernel, self.gamma)
 
     def _draw(self, X):
         """Validate X, set ``n_features_in_`` and draw ``projection_``; return (X, rng)."""
         X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32])
-        rng = sampling._rng(self.random_state)
+        rng = sampling.resolve_rng(self.random_state)
         self.projection_ = sampling.draw(self.projection, self.n_components, X.shape[1], rng)
-        self._n_features_out = self.n_components * len(self._output_blocks())
+        self._n_features_out = self._map().width(self.n_components)
         return X, rng
 
     def _validated(self, X, ensure_all_finite=True):
@@ -82,10 +85,6 @@ class _RandomFeatures(TransformerMixin, BaseEstimator):
             reset=False,
             ensure_all_finite=ensure_all_finite,
         )
-
-    def _scaled_projection_T(self, scale, dtype):
-        """``(scale * W).T`` as a C-contiguous (d, m) array in the data's dtype."""
-        return np.ascontiguousarray((self.projection_ * scale).T, dtype=dtype)
 
     def get_feature_names_out(self, input_features=None):
         """Output feature names: ``<classname>[_<block>]<j>`` for projection j.
@@ -107,7 +106,7 @@ class _RandomFeatures(TransformerMixin, BaseEstimator):
         prefix = type(self).__name__.lower()
         names = [
             f"{prefix}{'_' + block if block else ''}{j}"
-            for block in self._output_blocks()
+            for block in self._map().blocks
             for j in range(self.n_components)
         ]
         return np.asarray(names, dtype=object)
@@ -209,7 +208,7 @@ class PositiveRandomFeatures(_RandomFeatures):
 
     With ``u = c x`` (``c = sqrt(gamma)`` for the softmax kernel, ``sqrt(2 gamma)`` for the
     Gaussian one) and projection rows ``ω_1 … ω_m`` (:mod:`favorkit.sampling`), the positive
-    map of Lemma 1 (``spec/math.md`` a.4) is
+    map of Lemma 1 is
 
     .. math:: φ(x)_i = \exp(ω_i^T u - |u|^2/2 + g(x)) / \sqrt{m},
 
@@ -218,13 +217,13 @@ class PositiveRandomFeatures(_RandomFeatures):
 
     * ``"hyperbolic"``: the antithetic pair ``exp(±ω_i^T u)`` with ``1/sqrt(2m)`` (2m columns,
       lower variance: Lemma 2).
-    * ``"optimal"`` (FAVOR++, optimal positive random features; ``spec/beyond.md`` §2): the
+    * ``"optimal"`` (FAVOR++, optimal positive random features; Likhosherstov et al. 2022): the
       generalized exponential map ``D exp(A|ω_i|² + B ω_i^T u - |u|²/2 + g(x))/sqrt(m)``
       with ``B = sqrt(1 - 4A)``, ``D = (1 - 4A)^{d/4}`` and the closed-form ``A* <= 0`` that
       minimises the variance averaged over the pairs seen in ``fit`` (it depends on the data
       only through ``φ = mean |u_i + v_j|²``, computed in O(nd)). Unbiased for any fixed A;
       positive and bounded.
-    * ``"saderf"`` (``spec/beyond.md`` §3.3): queries are rescaled by a diagonal ``Ψ`` and keys
+    * ``"saderf"`` (Likhosherstov et al. 2023): queries are rescaled by a diagonal ``Ψ`` and keys
       by ``Ψ^{-1}`` (which keeps ``u·v`` and so the kernel), ``Ψ_l = (E_key,l / E_query,l)^{1/4}``
       from the per-coordinate energies, then the ``"optimal"`` map. Queries and keys get
       different maps: fit with ``fit(Q, keys=K)`` and transform with
@@ -308,7 +307,7 @@ class PositiveRandomFeatures(_RandomFeatures):
 
     _parameter_constraints: dict = {
         **_RandomFeatures._parameter_constraints,
-        "estimator": [StrOptions({"positive", "hyperbolic", "optimal", "saderf"})],
+        "estimator": [StrOptions(set(maps.names("exponential")))],
     }
 
     def __init__(
@@ -328,12 +327,8 @@ class PositiveRandomFeatures(_RandomFeatures):
         self.projection = projection
         self.random_state = random_state
 
-    def _output_blocks(self):
-        return ("plus", "minus") if self.estimator == "hyperbolic" else ("",)
-
-    def _input_scale_sq(self):
-        """c² with u = c x: gamma (softmax) or 2 gamma (Gaussian)."""
-        return self.gamma if self.kernel == "softmax" else 2.0 * self.gamma
+    def _map(self):
+        return maps.get(self.estimator)
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, *, keys=None):
@@ -355,19 +350,18 @@ class PositiveRandomFeatures(_RandomFeatures):
         self : PositiveRandomFeatures
         """
         X, _ = self._draw(X)
-        d = X.shape[1]
-        self.gerf_a_ = 0.0
-        self.query_scale_ = np.ones(d)
-        if self.estimator in ("optimal", "saderf"):
+        fmap = self._map()
+        params = MapParams.identity(X.shape[1])
+        if fmap.fitted:
             if keys is None:
                 Y = X
             else:
                 Y = validate_data(
                     self, keys, accept_sparse="csr", dtype=[np.float64, np.float32], reset=False
                 )
-            self.gerf_a_, self.query_scale_ = fit_gerf_parameters(
-                X, Y, self._input_scale_sq(), saderf=self.estimator == "saderf"
-            )
+            c2 = self._input_scale_sq()
+            params = fmap.fit(Moments.of(X, c2), Moments.of(Y, c2))
+        self.gerf_a_, self.query_scale_ = params.a, params.psi
         return self
 
     def transform(self, X, *, side="query"):
@@ -391,186 +385,149 @@ class PositiveRandomFeatures(_RandomFeatures):
         # Dense data are checked for NaN and inf on the fly: a non-finite entry makes its row's
         # norm, hence its row term, non-finite (saves sklearn's separate pass over X).
         X = self._validated(X, ensure_all_finite=sp.issparse(X))
-        dtype = X.dtype
-        n, d = X.shape
-        m = self.n_components
-        hyperbolic = self.estimator == "hyperbolic"
-        n_cols = 2 * m if hyperbolic else m
-        c2 = self._input_scale_sq()
-        a = float(self.gerf_a_)
-        b = np.sqrt(1.0 - 4.0 * a)
-        # Per-coordinate input scale: c, times Ψ (queries) or 1/Ψ (keys) for SADERF.
-        psi = self.query_scale_ if side == "query" else 1.0 / self.query_scale_
-        col_scale = np.sqrt(c2) * psi
+        plan = _PositivePlan(self, X, side)
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            map_row_blocks(plan.block, X.shape[0])
+        plan.check()
+        return plan.out
+
+
+class _PositivePlan:
+    """One transform of :class:`PositiveRandomFeatures`: the map's log-features, evaluated
+    in row blocks, and the range checks that keep them finite and non-zero.
+
+    ``log φ_j(x) = A|ω_j|² + B ω_j·ũ - |ũ|²/2 [- |u|²/2 for the Gaussian kernel] + (d/4)
+    log(1 - 4A) - ½ log(width)`` (:meth:`favorkit.maps.ExponentialMap.log_features`), with
+    the row term (and ``A|ω|²``) folded into the GEMM where the map allows it.
+    """
+
+    def __init__(self, est, X, side):
+        self.X = X
+        dtype = self.dtype = X.dtype
+        n = X.shape[0]
+        m = est.n_components
+        self.c2 = est._input_scale_sq()
+        self.a = a = float(est.gerf_a_)
+        self.b = b = np.sqrt(1.0 - 4.0 * a)
+        log_features = est._map().log_features(
+            est.projection_, MapParams(a, est.query_scale_), self.c2, side
+        )
+        self.antithetic = log_features.antithetic
         with np.errstate(over="ignore"):
-            WT = np.ascontiguousarray((self.projection_ * (b * col_scale)).T, dtype=dtype)
-        # log φ_j(x) = A|ω_j|² + B ω_j·ũ - |ũ|²/2 [- |u|²/2 for the Gaussian kernel]
-        #              + (d/4) log(1 - 4A) - ½ log(n_cols)     (Likhosherstov et al. 2022,
-        # Eq. 7; Lemma 1) with ũ = Ψ^{±1} u (= u except for SADERF). A = 0 gives Lemma 1's
-        # positive map.
-        w_sq = np.einsum("ij,ij->i", self.projection_, self.projection_)
-        col_term = a * w_sq
-        log_const = 0.25 * d * np.log1p(-4.0 * a) - 0.5 * np.log(n_cols)
-        gaussian = self.kernel == "gaussian"
-        log_max, log_tiny = _log_range(dtype)
+            WT = np.ascontiguousarray(log_features.projection.T, dtype=dtype)
         # Completing the square, A|ω|² + Bω·ũ - |ũ|²/2 <= (1/2 - A)|ω|²: when this data-free
         # bound is inside the dtype's range no feature can overflow, and per-row maxima (an
         # extra pass) are only needed for rows that might underflow. A projection that
         # overflows the dtype (a huge gamma in float32) makes every row suspect.
-        may_overflow = w_sq.max() * (0.5 - a) + log_const > log_max
-        w_norm = np.sqrt(w_sq.max())
-        out = np.empty((n, n_cols), dtype=dtype)
-        checked = np.zeros(n, dtype=bool)
-        row_max = np.full(n, -np.inf)
-        row_shift = np.empty(n)
-        # Dense non-hyperbolic maps fold the row term (and A|ω|²) into the GEMM as extra
+        self.w_sq = w_sq = np.einsum("ij,ij->i", est.projection_, est.projection_)
+        col_term = a * w_sq
+        self.log_max, self.log_tiny = _log_range(dtype)
+        may_overflow = w_sq.max() * (0.5 - a) + log_features.const > self.log_max
+        self.w_norm = w_norm = np.sqrt(w_sq.max())
+        # Dense one-sided maps fold the row term (and A|ω|²) into the GEMM as extra
         # columns ([x, shift, 1] @ [W^T; 1; A|ω|²]): the GEMM's output goes straight to
         # exp, one pass over the output fewer than adding them afterwards.
-        fold = not hyperbolic and not sp.issparse(X)
-        if fold:
+        self.fold = not self.antithetic and not sp.issparse(X)
+        if self.fold:
             extra = [np.ones((1, m))] + ([col_term[None, :]] if a != 0.0 else [])
             with np.errstate(over="ignore"):
                 WT = np.vstack([WT, *[e.astype(dtype) for e in extra]])
+        self.WT = WT
         with np.errstate(over="ignore"):
-            col_term_t = col_term.astype(dtype)
-        check_all = may_overflow or not np.isfinite(WT).all() or not np.isfinite(col_term_t).all()
-        weights_t = col_scale**2  # |ũ|² = Σ_l (c ψ_l)² x_l²
-        params = np.array(
-            [
-                log_const,
-                0.5 if gaussian else 0.0,
-                a * w_norm**2,
-                b * w_norm,
-                log_tiny,
-                float(check_all),
-            ]
+            self.col_term_t = col_term.astype(dtype)
+        check_all = may_overflow or not np.isfinite(WT).all()
+        check_all = check_all or not np.isfinite(self.col_term_t).all()
+        self.weights_t = log_features.norm_weights  # |ũ|² = Σ_l (c ψ_l)² x_l²
+        self.terms = RowTerms(
+            log_const=log_features.const,
+            gaussian_weight=0.5 if est.kernel == "gaussian" else 0.0,
+            a_w_sq_max=a * w_norm**2,
+            b_w_norm=b * w_norm,
+            log_tiny=self.log_tiny,
+            check_all=bool(check_all),
         )
+        self.m = m
+        self.out = np.empty((n, est._map().width(m)), dtype=dtype)
+        self.checked = np.zeros(n, dtype=bool)
+        self.row_max = np.full(n, -np.inf)
+        self.row_shift = np.empty(n)
 
-        def upper_bound(X_rows, shift):
-            """An upper bound on each row's largest log-feature, from its norm alone:
-            shift + max_j A|ω_j|² + B |ω|max |ũ| (used where the projection itself
-            overflowed the dtype, to tell rows that underflow anyway)."""
-            return shift + a * w_sq.min() + b * w_norm * np.sqrt(_row_sq_norms(X_rows, weights_t))
+    def upper_bound(self, X_rows, shift):
+        """An upper bound on each row's largest log-feature, from its norm alone:
+        shift + max_j A|ω_j|² + B |ω|max |ũ| (used where the projection itself overflowed
+        the dtype, to tell rows that underflow anyway)."""
+        sq_t = _row_sq_norms(X_rows, self.weights_t)
+        return shift + self.a * self.w_sq.min() + self.b * self.w_norm * np.sqrt(sq_t)
 
-        def block(rows):
-            # One Numba pass stages the block (norms, row terms, range checks, the GEMM's
-            # left operand): ~10 small numpy calls per block cost ~20 % of the transform.
-            Xb = X[rows]
-            nb = Xb.shape[0]
-            shift = row_shift[rows]
-            check = np.empty(nb, dtype=np.bool_)
-            z = np.empty((nb, m), dtype=dtype) if hyperbolic else out[rows]
-            if fold:
-                Xs = np.empty((nb, WT.shape[0]), dtype=dtype)
-                stage_gerf_rows(Xb, c2, weights_t, params, Xs, shift, check)
-                np.matmul(Xs, WT, out=z)
-            elif sp.issparse(Xb):
-                gerf_row_terms(
-                    _row_sq_norms(Xb) * c2, _row_sq_norms(Xb, weights_t), params, shift, check
-                )
-                _project_into(Xb, WT, z)
-            else:
-                gerf_rows_dense(Xb, c2, weights_t, params, shift, check)
-                np.matmul(Xb, WT, out=z)
-            if hyperbolic:
-                plus_minus_shift_rows(z, shift.astype(dtype), out[rows])
-                if check.any():
-                    zc = z[check]
-                    row_max[rows][check] = np.maximum(zc.max(1), -zc.min(1)) + shift[check]
-            else:
-                if not fold:
-                    z += shift.astype(dtype)[:, None]
-                    if a != 0.0:
-                        z += col_term_t
-                if check.any():
-                    row_max[rows][check] = z[check].max(axis=1)
+    def block(self, rows):
+        # One Numba pass stages the block (norms, row terms, range checks, the GEMM's
+        # left operand): ~10 small numpy calls per block cost ~20 % of the transform.
+        dtype = self.dtype
+        Xb = self.X[rows]
+        nb = Xb.shape[0]
+        shift = self.row_shift[rows]
+        check = np.empty(nb, dtype=np.bool_)
+        out = self.out[rows]
+        z = np.empty((nb, self.m), dtype=dtype) if self.antithetic else out
+        if self.fold:
+            Xs = np.empty((nb, self.WT.shape[0]), dtype=dtype)
+            stage_gerf_rows(Xb, self.c2, self.weights_t, self.terms, Xs, shift, check)
+            np.matmul(Xs, self.WT, out=z)
+        elif sp.issparse(Xb):
+            sq_u = _row_sq_norms(Xb) * self.c2
+            gerf_row_terms(sq_u, _row_sq_norms(Xb, self.weights_t), self.terms, shift, check)
+            _project_into(Xb, self.WT, z)
+        else:
+            gerf_rows_dense(Xb, self.c2, self.weights_t, self.terms, shift, check)
+            np.matmul(Xb, self.WT, out=z)
+        row_max = self.row_max[rows]
+        if self.antithetic:
+            plus_minus_shift_rows(z, shift.astype(dtype), out)
+            if self.a != 0.0:  # the column term A|ω|² of both halves
+                out[:, : self.m] += self.col_term_t
+                out[:, self.m :] += self.col_term_t
             if check.any():
-                # NaN or +inf: the projection overflowed the dtype. Such a row is an
-                # underflow if its features are all tiny anyway, else an overflow error.
-                rm = row_max[rows]
-                lost = check & ~np.isfinite(rm) & (np.isnan(rm) | (rm > 0))
-                if lost.any():
-                    ub = upper_bound(Xb[lost], shift[lost])
-                    rm[lost] = np.where(ub < log_tiny, -np.inf, np.nan)
-            checked[rows] = check
-            # Exponentiate in place, while the block is in cache (_kernels/fastexp.py).
-            exp_inplace(out[rows])
+                zc = z[check]
+                if self.a != 0.0:
+                    top = np.maximum((zc + self.col_term_t).max(1), (self.col_term_t - zc).max(1))
+                else:
+                    top = np.maximum(zc.max(1), -zc.min(1))
+                row_max[check] = top + shift[check]
+        else:
+            if not self.fold:
+                z += shift.astype(dtype)[:, None]
+                if self.a != 0.0:
+                    z += self.col_term_t
+            if check.any():
+                row_max[check] = z[check].max(axis=1)
+        if check.any():
+            # NaN or +inf: the projection overflowed the dtype. Such a row is an
+            # underflow if its features are all tiny anyway, else an overflow error.
+            lost = check & ~np.isfinite(row_max) & (np.isnan(row_max) | (row_max > 0))
+            if lost.any():
+                ub = self.upper_bound(Xb[lost], shift[lost])
+                row_max[lost] = np.where(ub < self.log_tiny, -np.inf, np.nan)
+        self.checked[rows] = check
+        # Exponentiate in place, while the block is in cache (_kernels/fastexp.py).
+        exp_inplace(out)
 
-        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
-            map_row_blocks(block, n)
+    def check(self):
+        """Raise for NaN/inf in X, overflowing projections or features, or rows whose
+        features all underflow."""
+        dtype, n = self.dtype, self.X.shape[0]
         fix = "Scale X down (e.g. StandardScaler) or lower gamma" + (
             ", or pass float64 data." if dtype == np.float32 else "."
         )
-        non_finite = ~np.isfinite(row_shift)
+        non_finite = ~np.isfinite(self.row_shift)
         if non_finite.any():
-            _raise_non_finite(X[non_finite], fix)
-        if checked.any():
-            rm = row_max[checked]
+            _raise_non_finite(self.X[non_finite], fix)
+        if self.checked.any():
+            rm = self.row_max[self.checked]
             lost = np.isnan(rm)
             if lost.any():
                 raise _projection_overflow(int(lost.sum()), n, dtype, fix)
-            what = "exp(A|ω|² + Bω·ũ - |ũ|²/2 ...)" if a != 0.0 else "exp(ω·u - |u|²/2 ...)"
+            what = "exp(A|ω|² + Bω·ũ - |ũ|²/2 ...)" if self.a != 0.0 else "exp(ω·u - |u|²/2 ...)"
             _check_log_features(rm, n, dtype, fix=fix, what=what + ", u = c x")
-        return out
-
-
-def _saderf_scales(ex, ey):
-    """``Ψ_l = ((E v_l² + ε) / (E u_l² + ε))^{1/4}``, ε a tiny fraction of the mean energy.
-
-    Ψ does not change when both energies are scaled alike, so moments whose sum overflows
-    (each of them finite) are divided by their largest first.
-    """
-    total = ex.sum() + ey.sum()
-    if not np.isfinite(total):
-        top = max(ex.max(), ey.max())
-        ex, ey = ex / top, ey / top
-        total = ex.sum() + ey.sum()
-    eps = 1e-12 * max(total, np.finfo(np.float64).tiny) / ex.size
-    return ((ey + eps) / (ex + eps)) ** 0.25
-
-
-def gerf_parameters(mean_x, mean_sq_x, mean_y, mean_sq_y, *, saderf):
-    """FAVOR++/SADERF parameters ``(A*, Ψ)`` from column moments of queries and keys.
-
-    The inputs are per-coordinate means and means of squares of the (kernel-scaled) queries
-    ``u_i`` and keys ``v_j``, so the statistics cost O(nd) and can be accumulated in blocks
-    (attention does). ``Ψ_l = (E v_l² / E u_l²)^{1/4}`` minimises ``mean |Ψu_i + Ψ⁻¹v_j|²``
-    over diagonal Ψ (SADERF, beyond.md §3.3; ones otherwise; a coordinate that is zero on one
-    side only gets the finite limit of the formula through a tiny relative epsilon); then
-    ``φ = mean_{i,j} |Ψu_i + Ψ⁻¹v_j|² = Σ_l (Ψ_l² E u_l² + Ψ_l⁻² E v_l²) + 2 ū·v̄`` (the
-    homogeneity heuristic, beyond.md §2.3) and ``A* = theory.optimal_gerf_a(φ, d)``.
-    """
-    ex = np.asarray(mean_sq_x, dtype=np.float64)
-    ey = np.asarray(mean_sq_y, dtype=np.float64)
-    d = ex.size
-    with np.errstate(over="ignore", invalid="ignore"):
-        psi = _saderf_scales(ex, ey) if saderf else np.ones(d)
-        phi = float(ex @ psi**2 + ey @ psi**-2 + 2.0 * np.dot(mean_x, mean_y))
-    if not (np.isfinite(phi) and np.isfinite(psi).all()):
-        raise ValueError(
-            "The FAVOR++/SADERF statistics of the inputs (mean squared norms of the scaled "
-            "inputs) overflow float64; scale the inputs down (or lower gamma / scale)."
-        )
-    return float(optimal_gerf_a(phi, d)), psi
-
-
-def _column_moments(X, c2=1.0):
-    """Per-coordinate mean and mean of squares of ``sqrt(c2) X`` (float64; CSR or dense)."""
-    with np.errstate(over="ignore", invalid="ignore"):  # gerf_parameters checks the result
-        if sp.issparse(X):
-            data = X.data.astype(np.float64)
-            mean = np.asarray(X.mean(axis=0, dtype=np.float64)).ravel()
-            squares = sp.csr_matrix((data * data, X.indices, X.indptr), shape=X.shape)
-            mean_sq = np.asarray(squares.mean(axis=0)).ravel()
-        else:
-            mean = X.mean(axis=0, dtype=np.float64)
-            mean_sq = np.einsum("ij,ij->j", X, X, dtype=np.float64) / X.shape[0]
-        return np.sqrt(c2) * mean, c2 * mean_sq
-
-
-def fit_gerf_parameters(X, Y, c2, *, saderf):
-    """``(A*, Ψ)`` for queries ``sqrt(c2) X`` and keys ``sqrt(c2) Y``; see gerf_parameters."""
-    return gerf_parameters(*_column_moments(X, c2), *_column_moments(Y, c2), saderf=saderf)
 
 
 class OrthogonalRFF(_RandomFeatures):
@@ -581,7 +538,7 @@ class OrthogonalRFF(_RandomFeatures):
     ``cos(ω^T(u - v))`` (Rahimi–Recht; the [cos, sin] pair has lower variance than the
     random-offset variant). For the softmax kernel ``exp(gamma x·y)`` the same map with
     ``u = sqrt(gamma) x`` is multiplied by ``h(x) = exp(gamma |x|²/2)``: the paper's
-    trigonometric estimator ``SM^trig`` (``spec/math.md`` a.3), unbiased but not positive.
+    trigonometric estimator ``SM^trig`` (Sec. 2.3), unbiased but not positive.
 
     ``features="cos"`` gives ``sqrt(2/m) cos(Wu + b)`` with ``b ~ U[0, 2π)`` (m columns),
     the estimator of sklearn's ``RBFSampler``, for drop-in comparisons.
@@ -634,7 +591,7 @@ class OrthogonalRFF(_RandomFeatures):
 
     _parameter_constraints: dict = {
         **_RandomFeatures._parameter_constraints,
-        "features": [StrOptions({"cossin", "cos"})],
+        "features": [StrOptions(set(_LAYOUTS))],
     }
 
     def __init__(
@@ -654,8 +611,8 @@ class OrthogonalRFF(_RandomFeatures):
         self.features = features
         self.random_state = random_state
 
-    def _output_blocks(self):
-        return ("cos", "sin") if self.features == "cossin" else ("cos",)
+    def _map(self):
+        return maps.get(_LAYOUTS[self.features])
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -673,8 +630,9 @@ class OrthogonalRFF(_RandomFeatures):
         self : OrthogonalRFF
         """
         _, rng = self._draw(X)
-        if self.features == "cos":
-            self.random_offset_ = rng.uniform(0.0, 2.0 * np.pi, size=self.n_components)
+        fmap = self._map()
+        if isinstance(fmap, maps.CosOffsetMap):
+            self.random_offset_ = fmap.draw_offsets(self.n_components, rng)
         return self
 
     def transform(self, X):
@@ -694,12 +652,13 @@ class OrthogonalRFF(_RandomFeatures):
         dtype = X.dtype
         n = X.shape[0]
         m = self.n_components
-        c2 = 2.0 * self.gamma if self.kernel == "gaussian" else self.gamma
+        fmap = self._map()
+        c2 = self._input_scale_sq()
         fix = "Scale X down or lower gamma" + (
             ", or pass float64 data." if dtype == np.float32 else "."
         )
         with np.errstate(over="ignore"):
-            WT = self._scaled_projection_T(np.sqrt(c2), dtype)
+            WT = np.ascontiguousarray((self.projection_ * np.sqrt(c2)).T, dtype=dtype)
         if not np.isfinite(WT).all():
             raise ValueError(
                 f"gamma={self.gamma!r} makes the scaled projection overflow {dtype.name}, so no "
@@ -712,10 +671,8 @@ class OrthogonalRFF(_RandomFeatures):
         w_l1 = float(np.abs(self.projection_).sum(axis=1).max())
         may_overflow = math.sqrt(c2) * w_l1 * x_max >= float(np.finfo(dtype).max)
         # log of the row factor: h(x) = exp(gamma|x|²/2) for the softmax kernel (Lemma 1),
-        # times 1/sqrt(m) ([cos, sin]) or sqrt(2/m) (cos with offsets).
-        log_scale = np.full(
-            n, -0.5 * np.log(m) if self.features == "cossin" else 0.5 * np.log(2 / m)
-        )
+        # times the map's constant.
+        log_scale = np.full(n, fmap.log_row_scale(m))
         if self.kernel == "softmax":
             with np.errstate(over="ignore"):  # an overflow is an inf log-feature: checked
                 log_scale += 0.5 * self.gamma * _row_sq_norms(X)
@@ -728,42 +685,21 @@ class OrthogonalRFF(_RandomFeatures):
                 + (", or pass float64 data." if dtype == np.float32 else "."),
                 what="[cos(ω·u), sin(ω·u)] exp(gamma|x|²/2) / sqrt(m)",
             )
-        out = np.empty((n, 2 * m if self.features == "cossin" else m), dtype=dtype)
-        if self.features == "cos":
-            offset = self.random_offset_.astype(dtype)
-
-        def check_projection(z):
-            if may_overflow and not np.isfinite(z).all():
-                n_bad = int((~np.isfinite(z).all(axis=1)).sum())
-                raise _projection_overflow(n_bad, n, dtype, fix, at_least=True)
-
+        out = np.empty((n, fmap.width(m)), dtype=dtype)
+        offset = self.random_offset_.astype(dtype) if fmap.offsets else None
         # float32: numpy's SIMD sin/cos measured 4.4x faster than Numba's libm calls; in
         # float64 numpy's are scalar here and the fused Numba loop was 1.5x faster.
-        use_numpy = dtype == np.float32
+        vectorized = dtype == np.float32
 
         def block(rows):
             o = out[rows]
-            if self.features == "cossin":
-                z = np.empty((rows.stop - rows.start, m), dtype=dtype)
-                with np.errstate(over="ignore", invalid="ignore"):
-                    _project_into(X[rows], WT, z)
-                check_projection(z)
-                if use_numpy:
-                    np.cos(z, out=o[:, :m])
-                    np.sin(z, out=o[:, m:])
-                    o *= np.exp(log_scale[rows]).astype(dtype)[:, None]
-                else:
-                    cos_sin_rows(z, log_scale[rows], o)
-            else:
-                with np.errstate(over="ignore", invalid="ignore"):
-                    _project_into(X[rows], WT, o)
-                check_projection(o)
-                if use_numpy:
-                    o += offset
-                    np.cos(o, out=o)
-                    o *= np.exp(log_scale[rows]).astype(dtype)[:, None]
-                else:
-                    cos_offset_rows_inplace(o, offset, log_scale[rows])
+            z = o if fmap.in_place else np.empty((rows.stop - rows.start, m), dtype=dtype)
+            with np.errstate(over="ignore", invalid="ignore"):
+                _project_into(X[rows], WT, z)
+            if may_overflow and not np.isfinite(z).all():
+                n_bad = int((~np.isfinite(z).all(axis=1)).sum())
+                raise _projection_overflow(n_bad, n, dtype, fix, at_least=True)
+            fmap.features(z, log_scale[rows], o, offset=offset, vectorized=vectorized)
 
         map_row_blocks(block, n)
         return out

@@ -2,8 +2,9 @@
 
 Every sampler returns a float64 array of shape ``(n_components, n_features)`` whose rows
 ``ω_i`` are (marginally) standard Gaussian, ``ω_i ~ N(0, I_d)``, the distribution for which
-the softmax and Gaussian kernel estimators of the Performer paper are unbiased
-(``spec/math.md`` a.4, a.7, a.11). They differ in how the rows are *coupled*:
+the softmax and Gaussian kernel estimators of the Performer paper are unbiased (Lemma 1;
+orthogonal blocks keep each row's marginal, Sec. 2.4). They differ in how the rows are
+*coupled*:
 
 ``gaussian``    independent rows (the paper's iid features).
 ``orthogonal``  exactly orthogonal rows inside blocks of ``d`` (ORF, Theorem 2), Haar blocks
@@ -30,11 +31,34 @@ from sklearn.utils import check_random_state
 
 from favorkit._kernels.fwht import fwht_rows_inplace
 
-__all__ = ["PROJECTIONS", "draw", "gaussian", "orthogonal", "qmc", "simplex", "structured"]
+__all__ = [
+    "PROJECTIONS",
+    "draw",
+    "gaussian",
+    "orthogonal",
+    "qmc",
+    "resolve_rng",
+    "simplex",
+    "structured",
+]
 
 
-def _rng(random_state):
-    """A Generator or RandomState from any accepted seed (Generators pass through)."""
+def resolve_rng(random_state):
+    """A Generator or RandomState from any accepted seed (Generators pass through).
+
+    ``None``, an int or a ``RandomState`` go through scikit-learn's
+    ``check_random_state``; a ``numpy.random.Generator`` is used as it is.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkit import sampling
+    >>> rng = np.random.default_rng(0)
+    >>> sampling.resolve_rng(rng) is rng
+    True
+    >>> type(sampling.resolve_rng(0)).__name__
+    'RandomState'
+    """
     if isinstance(random_state, np.random.Generator):
         return random_state
     return check_random_state(random_state)
@@ -58,7 +82,8 @@ def _chi_norms(rng, n_rows, dim):
 
     Drawing them from *fresh* Gaussians (not from the block that gave the directions) is
     what makes each row exactly N(0, I): direction and length of a Gaussian vector are
-    independent (peers.md 4.3 shows the bias of reusing the block).
+    independent; lengths taken from the block's own rows would correlate with its
+    directions and bias the estimators.
     """
     return np.linalg.norm(rng.standard_normal((n_rows, dim)), axis=1)
 
@@ -68,7 +93,8 @@ def _haar_rows(rng, d, sign_fix=True):
 
     QR of a Gaussian block, then ``Q *= sign(diag(R))``: Householder QR alone does not give
     a Haar matrix (row i leans towards ±e_i), and that lean biases the positive softmax
-    estimator by 7–15 % (``spec/math.md`` (d).2, ``peers.md`` 4.1).
+    estimator by 7–15 % (Mezzadri 2007, "How to generate random matrices from the classical
+    compact groups"; the official Performer code misses the fix).
     """
     q, r = np.linalg.qr(rng.standard_normal((d, d)))
     if sign_fix:
@@ -99,14 +125,14 @@ def gaussian(n_components, n_features, random_state=None):
     (3, 2)
     """
     _check_shape(n_components, n_features)
-    return _rng(random_state).standard_normal((n_components, n_features))
+    return resolve_rng(random_state).standard_normal((n_components, n_features))
 
 
 def orthogonal(n_components, n_features, random_state=None, *, norms="chi", sign_fix=True):
     """Orthogonal random features (ORF): Haar-orthogonal blocks with chi or fixed norms.
 
     Rows come in independent blocks of ``d = n_features`` exactly orthogonal directions; the
-    last block is truncated when ``m`` is not a multiple of ``d`` (spec a.7, a.11). A block is
+    last block is truncated when ``m`` is not a multiple of ``d`` (Sec. 2.4). A block is
     the Q factor of a Gaussian ``d x d`` matrix with its column signs set by
     ``Q *= sign(diag(R))`` (see ``_haar_rows`` for why the fix matters).
 
@@ -143,7 +169,7 @@ def orthogonal(n_components, n_features, random_state=None, *, norms="chi", sign
     _check_shape(n_components, n_features)
     if norms not in ("chi", "fixed"):
         raise ValueError(f'norms must be "chi" or "fixed", got {norms!r}.')
-    rng = _rng(random_state)
+    rng = resolve_rng(random_state)
     d = n_features
     n_blocks = -(-n_components // d)
     blocks = [_haar_rows(rng, d, sign_fix) for _ in range(n_blocks)]
@@ -165,7 +191,7 @@ def structured(n_components, n_features, random_state=None):
     coordinates (the zero padding). Blocks are independent; the last is truncated.
 
     The rows are only approximately Gaussian: estimators built on SORF carry a small bias
-    that vanishes as ``d`` grows (Yu et al. 2016; ``spec/math.md`` a.9). Prefer
+    that vanishes as ``d`` grows (Yu et al. 2016, "Orthogonal Random Features"). Prefer
     ``orthogonal`` when unbiasedness matters; SORF is built in O(p log p) per row.
 
     Parameters
@@ -188,7 +214,7 @@ def structured(n_components, n_features, random_state=None):
     (8, 5)
     """
     _check_shape(n_components, n_features)
-    rng = _rng(random_state)
+    rng = resolve_rng(random_state)
     d = n_features
     p = 1 << (d - 1).bit_length()
     n_blocks = -(-n_components // p)
@@ -241,7 +267,7 @@ def qmc(n_components, n_features, random_state=None):
             f"projection='qmc' supports n_features <= 21201 (scipy's Sobol), got {n_features}; "
             "use projection='orthogonal' instead."
         )
-    seed = _seed_from(_rng(random_state))
+    seed = _seed_from(resolve_rng(random_state))
     sobol = stats.qmc.Sobol(n_features, scramble=True, seed=np.random.default_rng(seed))
     u = sobol.random_base2(max(0, (n_components - 1).bit_length()))[:n_components]
     # Scrambled points are never exactly 0 or 1, but guard against ±inf all the same.
@@ -250,14 +276,14 @@ def qmc(n_components, n_features, random_state=None):
 
 
 def simplex(n_components, n_features, random_state=None):
-    """Simplex random features (SimRF, Reid et al. 2023; ``spec/beyond.md`` §4.1).
+    """Simplex random features (SimRF; Reid et al. 2023, "Simplex Random Features").
 
     Each block of ``d`` rows is ``D_chi S R``: ``R`` a Haar rotation (sign-fixed QR), ``S``
     the unit vectors ``s_i = (e_i - 1/d) / sqrt(1 - 1/d)`` of a regular simplex (pairwise
     cosine ``-1/(d-1)``) and ``D_chi`` independent chi_d lengths. Each row is marginally
     N(0, I_d), so every positive estimator stays unbiased, and the negative coupling gives
     the smallest MSE among weight-independent couplings of positive (and OPRF) features
-    (beyond.md §4.2). For trigonometric features there is no such guarantee. Blocks are
+    (Reid et al. 2023). For trigonometric features there is no such guarantee. Blocks are
     independent; the last is truncated. For ``d = 1`` a block is a single ±1 direction.
 
     Parameters
@@ -283,7 +309,7 @@ def simplex(n_components, n_features, random_state=None):
     True
     """
     _check_shape(n_components, n_features)
-    rng = _rng(random_state)
+    rng = resolve_rng(random_state)
     d = n_features
     n_blocks = -(-n_components // d)
     if d == 1:

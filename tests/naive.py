@@ -26,28 +26,27 @@ def cos_offset_rows(z, offset, log_scale):
     return np.exp(log_scale)[:, None] * np.cos(z + offset[None, :])
 
 
-def gerf_row_terms(sq_u, sq_t, params):
+def gerf_row_terms(sq_u, sq_t, terms):
     """shift = c - sq_t/2 - gw sq_u; check: shift + A|w|²max - B|w|max sqrt(sq_t) < log_tiny."""
-    log_const, gw, a_w_sq_max, b_w_norm, log_tiny, check_all = params
-    shift = log_const - 0.5 * sq_t - gw * sq_u
-    check = (shift + a_w_sq_max - b_w_norm * np.sqrt(sq_t) < log_tiny) | bool(check_all)
-    return shift, check
+    shift = terms.log_const - 0.5 * sq_t - terms.gaussian_weight * sq_u
+    bound = shift + terms.a_w_sq_max - terms.b_w_norm * np.sqrt(sq_t)
+    return shift, (bound < terms.log_tiny) | bool(terms.check_all)
 
 
-def stage_gerf_rows(x, c2, weights_t, params, n_cols):
+def stage_gerf_rows(x, c2, weights_t, terms, n_cols):
     """[x, shift, 1, ...] with the row terms of gerf_row_terms, norms in float64."""
     x64 = x.astype(np.float64)
-    shift, check = gerf_row_terms(c2 * (x64**2).sum(1), (x64**2) @ weights_t, params)
+    shift, check = gerf_row_terms(c2 * (x64**2).sum(1), (x64**2) @ weights_t, terms)
     xs = np.ones((x.shape[0], n_cols))
     xs[:, : x.shape[1]] = x64
     xs[:, x.shape[1]] = shift
     return xs.astype(x.dtype), shift, check
 
 
-def gerf_rows_dense(x, c2, weights_t, params):
+def gerf_rows_dense(x, c2, weights_t, terms):
     """gerf_row_terms of the float64 norms c2 |x|² and Σ weights_t x²."""
     x64 = x.astype(np.float64)
-    return gerf_row_terms(c2 * (x64**2).sum(1), (x64**2) @ weights_t, params)
+    return gerf_row_terms(c2 * (x64**2).sum(1), (x64**2) @ weights_t, terms)
 
 
 # --- exponential (favorkit/_kernels/fastexp.py) --------------------------------------------
@@ -116,9 +115,11 @@ def merge_normalize(num, ref, cross, r_cross):
 
 
 def favor_features(X, W, scale, estimator="positive", a=0.0, psi=None):
-    """The paper's feature maps at true scale (spec a.3, a.4), float64, no stabilizer.
+    """The Performer feature maps at true scale, float64, no stabilizer: trigonometric
+    (Eq. 5 with sin/cos) and positive/hyperbolic (Lemma 1, Eq. 7) of Choromanski et al. 2021.
 
-    ``estimator="gerf"``: the generalized exponential map of FAVOR++/SADERF (beyond.md §2.1)
+    ``estimator="gerf"``: the generalized exponential map (GERF) of FAVOR++/SADERF
+    (Likhosherstov et al. 2022, "Chefs' Random Tables")
     ``D exp(A|ω|² + B ω·x̃ - |x̃|²/2) / sqrt(m)``, ``B = sqrt(1 - 4A)``, ``D = (1 - 4A)^{d/4}``,
     with ``x̃ = sqrt(scale) psi x`` (pass ``1/Ψ`` for keys).
     """
@@ -150,7 +151,7 @@ def linear_attention_dense(fq, fk, V, causal=False, mask=None):
 
 
 def softmax_attention_dense(Q, K, V, causal=False, scale=None, mask=None):
-    """``softmax(scale Q K^T) V`` straight from the definition (spec a.1), float64."""
+    """``softmax(scale Q K^T) V`` straight from the definition (Performer Sec. 2.1), float64."""
     Q, K, V = (np.asarray(a, dtype=np.float64) for a in (Q, K, V))
     scale = 1 / np.sqrt(Q.shape[-1]) if scale is None else scale
     logits = scale * Q @ K.T

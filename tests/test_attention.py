@@ -1,4 +1,4 @@
-"""FavorAttention, favor_attention and softmax_attention (issue 3).
+"""FavorAttention, favor_attention and softmax_attention (FAVOR+, Choromanski et al. 2021).
 
 Structure: kernels against their naive twins; FAVOR against a dense quadratic computation
 with the same features; the guarantees (no future leak, masking = truncation, convex hull,
@@ -14,14 +14,19 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-import favorkit.attention as fa
-from favorkit import FavorAttention, PositiveRandomFeatures, favor_attention, softmax_attention
+from favorkit import (
+    FavorAttention,
+    NumericalWarning,
+    PositiveRandomFeatures,
+    favor_attention,
+    softmax_attention,
+)
 from favorkit._kernels import attention as ka
-from favorkit.features import NumericalWarning
+from favorkit.attention._engine import tuned
 from tests import naive
 
 DTYPES = [np.float32, np.float64]
-# FAVOR vs the dense computation with the same features (issue 3): relative error bounds.
+# FAVOR vs the dense computation with the same features: relative error bounds.
 REL = {np.float32: 1e-5, np.float64: 1e-10}
 
 
@@ -39,12 +44,10 @@ def _rel(a, b):
 
 
 @pytest.fixture
-def small_blocks(monkeypatch):
+def small_blocks():
     """Blocks of 48 (causal 40) rows, chunks of 16: exercises block chaining at small L."""
-    monkeypatch.setattr(fa, "BLOCK_ROWS", 48)
-    monkeypatch.setattr(fa, "CAUSAL_BLOCK_ROWS", 40)
-    monkeypatch.setattr(fa, "CHUNK", 16)
-    monkeypatch.setattr(fa, "KEY_SUBBLOCK", 20)
+    with tuned(block_rows=48, causal_block_rows=40, chunk=16, key_subblock=20):
+        yield
 
 
 # --- kernels against tests/naive.py ---------------------------------------------------------
@@ -348,7 +351,7 @@ def test_trig_matches_dense_and_reports_nonpositive_rows(causal):
 @pytest.mark.parametrize("causal", [False, True])
 def test_generalized_kernels_match_dense(kernel, projection, causal, small_blocks):
     Q, K, V = _qkv((100,), d=8, seed=4)
-    att = FavorAttention(32, kernel=kernel, projection=projection, random_state=0).fit(Q)
+    att = FavorAttention(32, activation=kernel, projection=projection, random_state=0).fit(Q)
     funcs = {
         "relu": lambda z: np.maximum(z, 0),
         "elu": lambda z: np.where(z > 0, z + 1, np.exp(np.minimum(z, 0))),
@@ -381,7 +384,7 @@ class _no_warning:
         return self._cm.__exit__(*exc)
 
 
-# --- FAVOR++ and SADERF (issue 5) -----------------------------------------------------------
+# --- FAVOR++ and SADERF ---------------------------------------------------------------------
 
 
 def _gerf_reference(Q, K, V, W, scale, estimator, *, causal=False, mask=None, fitted=None):
@@ -453,11 +456,11 @@ def test_causal_gerf_uses_the_fitted_parameters(dtype, estimator, small_blocks):
     root = np.sqrt(att.scale_)
     f = PositiveRandomFeatures(32, estimator=estimator, projection=att.projection_)
     f.fit(root * Q.reshape(-1, 8), keys=root * K.reshape(-1, 8))
-    assert att.gerf_a_ < 0
-    assert att.gerf_a_ == pytest.approx(f.gerf_a_, rel=1e-12)
-    assert_allclose(att.query_scale_, f.query_scale_, rtol=1e-12)
+    assert att.causal_gerf_a_ < 0
+    assert att.causal_gerf_a_ == pytest.approx(f.gerf_a_, rel=1e-12)
+    assert_allclose(att.causal_query_scale_, f.query_scale_, rtol=1e-12)
     out = att.attend(Q.astype(dtype), K.astype(dtype), V.astype(dtype))
-    fitted = (att.gerf_a_, att.query_scale_)
+    fitted = (att.causal_gerf_a_, att.causal_query_scale_)
     want = _gerf_reference(
         Q, K, V, att.projection_, att.scale_, estimator, causal=True, fitted=fitted
     )
@@ -467,11 +470,12 @@ def test_causal_gerf_uses_the_fitted_parameters(dtype, estimator, small_blocks):
 
 def test_saderf_with_equal_statistics_is_favor_plus_plus():
     """Self-attention: queries and keys have the same per-coordinate energies, so Ψ = 1
-    exactly and SADERF is FAVOR++ bit for bit (beyond.md §3.3)."""
+    exactly and SADERF is FAVOR++ bit for bit (SADERF's Ψ_l = (Σ_j k_jl² / Σ_i q_il²)^{1/4},
+    Likhosherstov et al. 2023, "Dense-Exponential Random Features")."""
     X = _qkv((2, 120), d=8, seed=35)[0] * np.exp(np.linspace(-1, 1, 8))
     opt = FavorAttention(32, estimator="optimal", random_state=0).fit(X)
     sad = FavorAttention(32, estimator="saderf", random_state=0).fit(X)
-    assert_array_equal(sad.query_scale_, 1.0)
+    assert_array_equal(sad.causal_query_scale_, 1.0)
     assert_array_equal(sad.transform(X), opt.transform(X))
     # ... and with mismatched key scales they differ.
     K = X * np.exp(np.linspace(1, -1, 8))
@@ -485,7 +489,7 @@ def test_simplex_projection_for_every_positive_estimator(estimator, causal):
     att = FavorAttention(24, estimator=estimator, projection="simplex", random_state=0).fit(Q)
     out = att.attend(Q, K, V, causal=causal)
     if estimator in ("optimal", "saderf"):
-        fitted = (att.gerf_a_, att.query_scale_) if causal else None
+        fitted = (att.causal_gerf_a_, att.causal_query_scale_) if causal else None
         want = _gerf_reference(
             Q, K, V, att.projection_, att.scale_, estimator, causal=causal, fitted=fitted
         )
@@ -552,7 +556,8 @@ def test_causal_gerf_errors():
 
 def _future_changes(att, K, V, t):
     """(K2, V2) changed from position t on: keys scaled, keys set to the largest key
-    log-constant there is (k̃ = ω_i gives s = |ω_i|²/2, spec a.4: a new running maximum),
+    log-constant there is (k̃ = ω_i gives s = |ω_i|²/2 in the positive features of the
+    Performer paper's Lemma 1 / Eq. 7: a new running maximum),
     values shifted, and keys and values both."""
     w_big = att.projection_[np.argmax((att.projection_**2).sum(axis=1))]
     for change in ("scale_keys", "aligned_keys", "values", "both"):
@@ -566,7 +571,7 @@ def _future_changes(att, K, V, t):
         yield K2, V2
 
 
-@pytest.mark.filterwarnings("ignore::favorkit.features.NumericalWarning")  # trig rows
+@pytest.mark.filterwarnings("ignore::favorkit.NumericalWarning")  # trig rows
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("estimator", ["positive", "hyperbolic", "trig", "optimal", "saderf"])
 @pytest.mark.parametrize("n_heads", [1, 4])
@@ -591,16 +596,14 @@ def test_no_future_leak(dtype, estimator, n_heads, blocks, request):
         assert np.abs(out[..., t:, :] - base[..., t:, :]).max() > 1e-3
 
 
-@pytest.mark.filterwarnings("ignore::favorkit.features.NumericalWarning")  # trig rows
+@pytest.mark.filterwarnings("ignore::favorkit.NumericalWarning")  # trig rows
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("t", [101, 96, 80])
 @pytest.mark.parametrize("path", ["fast", "mixed", "slow"])
 @pytest.mark.parametrize("estimator", ["positive", "hyperbolic", "trig", "optimal"])
 @pytest.mark.parametrize("blocks", ["default", "small"])
-def test_causal_outputs_before_t_are_bitwise_unchanged(
-    dtype, t, path, estimator, blocks, request, monkeypatch
-):
-    """DESIGN.md: changing a future key leaves every earlier output unchanged, *exactly*.
+def test_causal_outputs_before_t_are_bitwise_unchanged(dtype, t, path, estimator, blocks, request):
+    """Changing a future key leaves every earlier output unchanged, *exactly*.
 
     t = 101 lies inside a chunk (32, or 16 with small blocks), t = 96 on a chunk boundary,
     t = 80 on a block boundary with small blocks (40 rows). ``path`` sets the causal
@@ -610,27 +613,29 @@ def test_causal_outputs_before_t_are_bitwise_unchanged(
     """
     if blocks == "small":
         request.getfixturevalue("small_blocks")
-    if path != "fast":
-        gap = {"mixed": 0.3, "slow": -1.0}[path]
-        monkeypatch.setitem(fa._THRESH, np.dtype(dtype), gap)  # signed features
-        monkeypatch.setitem(fa._LOG_THRESH, np.dtype(dtype), gap)  # positive features
-    Q, K, V = _qkv((2, 200), d=16, seed=39, dtype=dtype)
-    att = FavorAttention(32, estimator=estimator, causal=True, random_state=0).fit(Q)
-    base = att.attend(Q, K, V)
-    for K2, V2 in _future_changes(att, K, V, t):
-        out = att.attend(Q, K2, V2)
-        assert_array_equal(out[..., :t, :], base[..., :t, :])
-        assert np.abs(out[..., t:, :] - base[..., t:, :]).max() > 1e-3
+    gap = {"fast": None, "mixed": 0.3, "slow": -1.0}[path]
+    # signed features' and exponential maps' causal kernels alike
+    gaps = {} if gap is None else {"signed_gap": (gap, gap), "log_gap": (gap, gap)}
+    with tuned(**gaps):
+        Q, K, V = _qkv((2, 200), d=16, seed=39, dtype=dtype)
+        att = FavorAttention(32, estimator=estimator, causal=True, random_state=0).fit(Q)
+        base = att.attend(Q, K, V)
+        for K2, V2 in _future_changes(att, K, V, t):
+            out = att.attend(Q, K2, V2)
+            assert_array_equal(out[..., :t, :], base[..., :t, :])
+            assert np.abs(out[..., t:, :] - base[..., t:, :]).max() > 1e-3
 
 
 def test_the_leak_test_catches_the_official_stabilizer():
     """The same perturbation leaks through the official code's key stabilizer.
 
-    A numpy mirror of ``nonnegative_softmax_kernel_feature_creator`` (spec (c)): key
+    A numpy mirror of ``nonnegative_softmax_kernel_feature_creator`` (the official Performer
+    code, google-research ``performer/fast_attention/jax/fast_attention.py``): key
     features ``exp(z - |k̃|²/2 - max(z) over features and all positions) + eps``,
     eps = 1e-6. Scaling the
     keys from position t on changes that max, and through eps every earlier output
-    (spec (d).5, peers.md 4.4) -- so the test above would fail for it.
+    (a causal leak shared by the official Performer code and performer-pytorch) -- so the
+    test above would fail for it.
     """
     L, d, t = 64, 16, 40
     Q, K, V = _qkv((L,), d=d, seed=24)
@@ -721,12 +726,13 @@ def test_masking_in_the_middle_matches_dense():
         )
 
 
-@pytest.mark.parametrize("kernel", ["softmax", "relu", "elu", "exp", "abs"])
+@pytest.mark.parametrize("activation", [None, "relu", "elu", "exp", "abs"])
 @pytest.mark.parametrize("causal", [False, True])
-def test_positive_features_stay_in_the_range_of_V(kernel, causal):
+def test_positive_features_stay_in_the_range_of_V(activation, causal):
+    """The softmax estimator (no activation) and every positive activation."""
     Q, K, V = _qkv((3, 80), d=8, seed=9)
     Q, K = 2 * Q, 2 * K
-    att = FavorAttention(16, kernel=kernel, causal=causal, random_state=0).fit(Q)
+    att = FavorAttention(16, activation=activation, causal=causal, random_state=0).fit(Q)
     out = att.attend(Q, K, V)
     for h in range(3):
         for t in range(80):
@@ -779,8 +785,9 @@ def _mse_vs_exact(m, projection, estimator, seeds, L=64, d=16):
     """Output MSE against exact attention, one value per seed (fresh data and features).
 
     Queries and keys are N(0, 0.25 I): |q̃ + k̃|² ~ 2, where the estimators are accurate
-    enough for the output error to scale like their variance (spec a.5; at N(0, I) the
-    relative MSE e^{|q̃+k̃|²}/m ~ 3000/m saturates the convex combination instead).
+    enough for the output error to scale like their variance (Performer Lemma 2 / Eq. 8; at
+    N(0, I) the relative MSE e^{|q̃+k̃|²}/m ~ 3000/m saturates the convex combination
+    instead).
     """
     errors = []
     for seed in seeds:
@@ -835,8 +842,12 @@ def test_hyperbolic_below_positive_at_equal_projections():
 
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_softmax_attention_matches_definition(causal, dtype, monkeypatch):
-    monkeypatch.setattr(fa, "_EXACT_BLOCK_ELEMS", 700)  # many row blocks
+def test_softmax_attention_matches_definition(causal, dtype):
+    with tuned(exact_block_elems=700):  # many row blocks
+        _softmax_attention_matches_definition(causal, dtype)
+
+
+def _softmax_attention_matches_definition(causal, dtype):
     Q, K, V = _qkv((2, 60), d=8, dv=3, seed=13, dtype=dtype)
     mask = np.zeros(60, dtype=bool)
     mask[[5, 40]] = True
@@ -1001,13 +1012,13 @@ def test_bad_parameters():
     with pytest.raises(ValueError, match="only for generalized kernels"):
         FavorAttention(projection=None).fit(Q)
     with pytest.raises(ValueError, match="same shape"):
-        favor_attention(Q, K, V, kernel=lambda z: z[:, :1])
+        favor_attention(Q, K, V, activation=lambda z: z[:, :1])
 
 
 def test_the_function_and_the_estimator_reject_alike():
-    """favor_attention accepted kernel_epsilon=-1, which FavorAttention rejects."""
+    """favor_attention accepted a negative epsilon, which FavorAttention rejects."""
     Q, K, V = _good()
-    for bad in ({"kernel_epsilon": -1}, {"causal": "no"}, {"n_components": 0.5}):
+    for bad in ({"activation_epsilon": -1}, {"causal": "no"}, {"n_components": 0.5}):
         with pytest.raises(ValueError) as by_function:
             favor_attention(Q, K, V, **bad)
         with pytest.raises(ValueError) as by_estimator:
@@ -1051,7 +1062,7 @@ def test_overflow_errors():
     with pytest.raises(ValueError, match="squared norm overflows float64"):
         favor_attention(Q, K * 1e160, V)
     with pytest.raises(ValueError, match="gave non-finite features"):
-        favor_attention(Q * 1e3, K * 1e3, V, kernel="exp")
+        favor_attention(Q * 1e3, K * 1e3, V, activation="exp")
 
 
 def test_estimator_dimension_errors():

@@ -1,9 +1,14 @@
-"""FAVOR++ (optimal GERF), SADERF and simplex coupling (issue 5): unbiasedness and gains.
+"""FAVOR++ (optimal GERF), SADERF and simplex coupling: unbiasedness and gains.
+
+FAVOR++: Likhosherstov et al. 2022, "Chefs' Random Tables"; SADERF: Likhosherstov et al.
+2023, "Dense-Exponential Random Features"; simplex: Reid et al. 2023, "Simplex Random
+Features".
 
 Standard errors come from the exact single-feature variance of GERF
-(spec/beyond.md §2.2): relVar(A) = ((1-4A)²/(1-8A))^{d/2} exp(z/(1-8A)) - 1, z = |u+v|²,
-divided by m for iid rows. Orthogonal and simplex couplings only lower the variance of
-positive/GERF estimators (beyond.md §2.6, §4.2), so the z-scores are conservative there.
+(Likhosherstov et al. 2022): relVar(A) = ((1-4A)²/(1-8A))^{d/2} exp(z/(1-8A)) - 1,
+z = |u+v|², divided by m for iid rows. Orthogonal and simplex couplings only lower the
+variance of positive/GERF estimators (Likhosherstov et al. 2022 for orthogonal OPRFs,
+Reid et al. 2023 for simplex), so the z-scores are conservative there.
 """
 
 import numpy as np
@@ -115,7 +120,7 @@ def test_saderf_beats_oprf_when_scales_differ():
 
 
 def test_simplex_mse_below_orthogonal_at_small_z():
-    """|x+y|² <= 1: simplex coupling has lower MSE than orthogonal (beyond.md §4.5)."""
+    """|x+y|² <= 1: simplex coupling has lower MSE than orthogonal (Reid et al. 2023)."""
     x, y = PAIRS["generic"]
     assert np.sum((x + y) ** 2) <= 1
     sq = {}
@@ -143,7 +148,8 @@ def test_optimal_features_are_bounded_and_positive():
     f = PositiveRandomFeatures(32, estimator="optimal", random_state=0).fit(X)
     F = f.transform(X)
     assert f.gerf_a_ < 0 and np.all(F > 0) and np.all(np.isfinite(F))
-    # bound of beyond.md §2.4: log f <= logD + B²|u|²/(-4A) - |u|²/2 - ½ log m
+    # OPRFs are bounded (Likhosherstov et al. 2022): for A < 0, A|ω|² + B ω·u peaks at
+    # ω = -Bu/(2A), so log f <= logD + B²|u|²/(-4A) - |u|²/2 - ½ log m
     a = f.gerf_a_
     sq = (X * X).sum(1)
     bound = 0.25 * 6 * np.log1p(-4 * a) + (1 - 4 * a) * sq / (-4 * a) - sq / 2

@@ -1,8 +1,12 @@
-"""Closed forms of issue 5 (favorkit._beyond_theory): GERF variance, A*, coupled MSE, diagnostics.
+"""Closed forms for FAVOR++, SADERF and simplex features (favorkit._beyond_theory): GERF
+variance, A*, coupled MSE, diagnostics.
 
-Reference values come from spec/beyond.md (§2.3 and §4.5 tables) and are compared at their
-printed precision (half a unit in the last printed digit). Monte Carlo checks use fixed
-seeds and z-scores whose standard errors come from the repeats.
+FAVOR++/GERF: Likhosherstov et al. 2022, "Chefs' Random Tables"; simplex coupling:
+Reid et al. 2023, "Simplex Random Features". The tabulated values (A* and GERF
+log-variances; exact relative MSE of iid, orthogonal and simplex couplings) are reference
+values (an independent computation), not numbers printed in those papers, and are compared
+at their printed precision (half a unit in the last printed digit). Monte Carlo checks use
+fixed seeds and z-scores whose standard errors come from the repeats.
 """
 
 import numpy as np
@@ -11,8 +15,8 @@ from numpy.testing import assert_allclose
 from scipy import stats
 from scipy.optimize import minimize_scalar
 
-from favorkit import PositiveRandomFeatures, features, sampling, theory
-from favorkit._beyond_theory import (
+from favorkit import PositiveRandomFeatures, maps, sampling, theory
+from favorkit.theory import (
     ExpectedError,
     coupled_relative_mse,
     expected_error,
@@ -29,9 +33,10 @@ def half_ulp(printed):
     return 0.5 * 10.0 ** (np.floor(np.log10(abs(printed))) - 3)
 
 
-# ------------------------------------------------------------------ §2.2–2.3: GERF and A*
+# ------------------------------------------------------------------ GERF variance and A*
 
-# beyond.md §2.3: d, z, A*, log relVar PosRF, log relVar OPRF (printed to 4 / 2 decimals)
+# Reference values (an independent computation): d, z, A*, log relVar PosRF, log relVar OPRF
+# (printed to 4 / 2 decimals)
 TABLE_23 = [
     (16, 4, -0.0976, 3.98, 2.85),
     (16, 16, -0.3202, 16.00, 7.52),
@@ -54,7 +59,8 @@ def test_section_2_3_table(d, z, a_star, log_pos, log_oprf):
 @pytest.mark.parametrize("d", [1, 8, 64])
 @pytest.mark.parametrize("phi", [0.0, 0.3, 4.0, 100.0])
 def test_optimal_a_minimises_the_relative_variance(d, phi):
-    """A* against a bounded numerical minimisation of log(1 + relVar(A)) (§2.3)."""
+    """The closed-form A* (Likhosherstov et al. 2022) against a bounded numerical
+    minimisation of log(1 + relVar(A))."""
     numeric = minimize_scalar(
         lambda a: np.log1p(gerf_relative_variance(phi, d, a)),
         bounds=(-50, 0.124),
@@ -66,7 +72,7 @@ def test_optimal_a_minimises_the_relative_variance(d, phi):
 
 def test_optimal_a_is_the_one_features_fits():
     """One concept in one place: the transformer fits A* with this very function."""
-    assert features.optimal_gerf_a is optimal_gerf_a
+    assert maps.optimal_gerf_a is optimal_gerf_a
     assert_allclose(optimal_gerf_a(np.array([0.0, 16.0]), 64), [0.0, -0.0976], atol=5e-5)
 
 
@@ -85,7 +91,8 @@ def test_gerf_variance_monte_carlo():
     v = np.zeros(d)
     v[0] = np.sqrt(z)
     w = np.random.default_rng(7).standard_normal((400_000, d))
-    # f1 f2 / SM = D² exp(2A|ω|² + B ω·(u+v) - z/2)   (§2.1 with C = -1/2)
+    # f1 f2 / SM = D² exp(2A|ω|² + B ω·(u+v) - z/2)   (GERF, Likhosherstov et al. 2022,
+    # with C = -1/2)
     t = (1 - 4 * a) ** (d / 2) * np.exp(2 * a * (w**2).sum(1) + np.sqrt(1 - 4 * a) * w @ v - z / 2)
     sq = (t - 1) ** 2
     se = sq.std(ddof=1) / np.sqrt(sq.size)
@@ -102,7 +109,7 @@ def test_gerf_rejects_infinite_variance():
         optimal_gerf_a(1.0, 0)
 
 
-# ------------------------------------------------------------------ §4.4: Ω_d and Cov(c)
+# ------------------------------------------------------------------ Ω_d and Cov(c)
 
 
 @pytest.mark.parametrize("s", [0.0, 1e-3, 0.7, 1.0, 5.0, 300.0])
@@ -123,7 +130,8 @@ def test_log_sphere_mgf_monte_carlo():
 @pytest.mark.parametrize("d", [4, 8, 16, 64])
 @pytest.mark.parametrize("coupling", ["orthogonal", "simplex"])
 def test_covariance_series_matches_direct_quadrature(d, coupling):
-    """The A-free series against the χ_d × χ_d integral of §4.4 with Ω_d through ive.
+    """The A-free series against the direct χ_d × χ_d integral over the two row norms, with
+    the sphere MGF Ω_d(s) = E exp(s u_1), u uniform on S^{d-1}, through ive.
 
     The Gauss–Laguerre rule in t = r²/2 is exact-order for c = 0 but sees sqrt(t_i t_j) for
     c != 0, so it is only ~1e-6 accurate at small d: the tolerance is the quadrature's.
@@ -162,7 +170,7 @@ def test_covariance_monte_carlo(coupling):
     assert abs(prod.mean() - pair_covariance(z, d, coupling)) / se < 4
 
 
-# ------------------------------------------------------------------ §4.5 reference table
+# ------------------------------------------ reference values (an independent computation)
 
 # d, z, PosRF iid, PosRF ORF, PosRF SimRF, OPRF iid, OPRF ORF, OPRF SimRF (m = d)
 TABLE_45 = [
@@ -230,7 +238,7 @@ def test_coupled_mse_validation():
 
 D = 8
 N_GROUPS = 3000
-ESTIMATORS = ["positive", "hyperbolic", "optimal", "saderf"]
+ESTIMATORS = list(maps.names("exponential"))  # every positive map, new ones included
 PROJECTIONS = ["iid", "orthogonal", "simplex"]
 SAMPLERS = {
     "iid": sampling.gaussian,
@@ -257,7 +265,7 @@ def measured_group_errors(estimator, projection, m, seed):
     W = np.concatenate([SAMPLERS[projection](m, D, rng) for _ in range(N_GROUPS)])
     f = PositiveRandomFeatures(m * N_GROUPS, estimator=estimator, projection=W).fit(Q, keys=K)
     Fq, Fk = f.transform(Q, side="query"), f.transform(K, side="key")
-    halves = 2 if estimator == "hyperbolic" else 1
+    halves = len(maps.get(estimator).blocks)  # antithetic maps: [φ(ω), φ(-ω)]
     Fq = Fq.reshape(len(Q), halves, N_GROUPS, m)
     Fk = Fk.reshape(len(K), halves, N_GROUPS, m)
     # features carry 1/sqrt(total columns): a group's estimate is N_GROUPS × its partial sum

@@ -172,8 +172,8 @@ def test_a_call_nested_in_a_worker_does_not_hang(restore_numba_threads):
         return np.maximum(Z, 0)
 
     Q, K, V = rng.normal(size=(3, 4, 300, 8))
-    att = FavorAttention(16, kernel=kernel, random_state=0).fit(Q)
-    reference = FavorAttention(16, kernel="relu", random_state=0).fit(Q)
+    att = FavorAttention(16, activation=kernel, random_state=0).fit(Q)
+    reference = FavorAttention(16, activation="relu", random_state=0).fit(Q)
     result = []
     _run_in_threads([lambda: result.append(att.attend(Q, K, V))])
     assert_array_equal(result[0], reference.attend(Q, K, V))

@@ -20,7 +20,7 @@ import beyond_favor as bf  # noqa: E402
 
 UNBIASED = "unbiased"
 MC_MATCHES = "Monte Carlo relative MSE of single pairs"
-TABLE = "beyond.md §4.5: exact relative MSE"
+TABLE = "Reference values (an independent computation): exact relative MSE"
 
 
 def run_smoke(out):
@@ -53,7 +53,8 @@ def test_smoke_run_writes_every_output(smoke):
     }
     assert len(claims) >= 10
     assert all(c["verdict"] in ("PASS", "FAIL") for c in claims)
-    # closed forms do not depend on the mode: the §4.5 table is reproduced even in smoke mode
+    # closed forms do not depend on the mode: the exact relative MSE reference values are
+    # reproduced even in smoke mode
     assert verdict(claims, TABLE) == "PASS"
     assert verdict(claims, UNBIASED) == "PASS"
     assert verdict(claims, MC_MATCHES) == "PASS"
@@ -88,8 +89,9 @@ def test_a_wrong_closed_form_turns_the_table_and_monte_carlo_to_fail(tmp_path, m
 def test_tail_gate_moments():
     """log E[T^j] of one GERF projection, used by the heavy-tail gate of the experiment.
 
-    A = 0: lognormal moments exp(j(j-1)z/2); j = 2 is the library's relVar (§2.2); j = 3 at
-    A < 0 (bounded, light-tailed features) by simulation with a z-score.
+    A = 0: lognormal moments exp(j(j-1)z/2); j = 2 is the library's relVar (the GERF variance
+    of Likhosherstov et al. 2022); j = 3 at A < 0 (bounded, light-tailed features) by
+    simulation with a z-score.
     """
     z, d = 0.7, 5
     for j in (2, 3, 4):

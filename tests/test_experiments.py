@@ -165,7 +165,7 @@ def test_unfixed_qr_in_favorkit_fails_official_pitfalls(tmp_path, monkeypatch):
     assert next(v for k, v in by.items() if k.startswith("favorkit's orthogonal")) == "FAIL"
     assert next(v for k, v in by.items() if k.startswith("Haar check")) == "FAIL"
     assert next(v for k, v in by.items() if k.startswith("favorkit's causal")) == "FAIL"
-    assert next(v for k, v in by.items() if k.startswith("DESIGN.md rule")) == "FAIL"
+    assert next(v for k, v in by.items() if k.startswith("Exact causality")) == "FAIL"
 
 
 def test_chi_norms_instead_of_smreg_fail_the_closed_form(tmp_path, monkeypatch):

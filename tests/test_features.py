@@ -119,7 +119,7 @@ def mse_z_score(estimates, truth, mse_theory):
 
 
 def lemma2_relative_mse(estimator, x, y, m):
-    """spec/math.md a.5, relative forms (MSE / SM²) of Lemma 2 for iid projections."""
+    """Relative forms (MSE / SM²) of the Performer paper's Lemma 2 (Eq. 8), iid projections."""
     s_plus, s_minus = np.sum((x + y) ** 2), np.sum((x - y) ** 2)
     return {
         "trig": (np.cosh(s_minus) - 1) / m,

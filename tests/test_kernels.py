@@ -65,7 +65,7 @@ def test_stage_gerf_rows_and_row_terms(dtype, check_all):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(9, 5)).astype(dtype) * 3
     weights = rng.uniform(0.5, 2, 5)
-    params = np.array([-2.0, 0.5, -0.3, 4.0, -60.0, check_all])
+    params = fm.RowTerms(-2.0, 0.5, -0.3, 4.0, -60.0, bool(check_all))
     xs = np.empty((9, 7), dtype=dtype)
     shift = np.empty(9)
     check = np.empty(9, dtype=bool)
@@ -91,7 +91,7 @@ def test_row_norms_accumulate_in_float64():
     x = np.full((2, 4), 1e19, dtype=np.float32)
     shift = np.empty(2)
     check = np.empty(2, dtype=bool)
-    params = np.array([0.0, 0.0, 0.0, 1.0, -80.0, 0.0])
+    params = fm.RowTerms(0.0, 0.0, 0.0, 1.0, -80.0, False)
     fm.gerf_rows_dense(x, 1.0, np.ones(4), params, shift, check)
     assert np.isfinite(shift).all()
     assert_allclose(shift, naive.gerf_rows_dense(x, 1.0, np.ones(4), params)[0], rtol=1e-13)

@@ -282,7 +282,14 @@ def test_a_row_whose_features_all_underflow_is_an_error_that_counts_rows_of_x():
 def test_gerf_parameters_from_huge_moments():
     """Energies near the largest float64: Ψ is scale-free, so finite moments whose sum
     overflows still give finite parameters; moments whose φ overflows are an error."""
-    from favorkit.features import gerf_parameters
+    from favorkit.maps import MAPS, Moments
+
+    def gerf_parameters(mean_x, mean_sq_x, mean_y, mean_sq_y, saderf):
+        fmap = MAPS["saderf" if saderf else "optimal"]
+        params = fmap.fit(
+            Moments(mean_x, np.array(mean_sq_x)), Moments(mean_y, np.array(mean_sq_y))
+        )
+        return params.a, params.psi
 
     zero = np.zeros(2)
     a, psi = gerf_parameters(zero, [1e308, 1.0], zero, [1.0, 1e308], saderf=True)

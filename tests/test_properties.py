@@ -18,7 +18,6 @@ near the dtype's largest number:
 
 import pickle
 import warnings
-from unittest import mock
 
 import numba
 import numpy as np
@@ -28,8 +27,8 @@ from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 from sklearn.base import clone
 
-import favorkit.attention as fa
 from favorkit import FavorAttention, OrthogonalRFF, PositiveRandomFeatures, sampling
+from favorkit.attention._engine import tuned
 
 POSITIVE = ("positive", "hyperbolic", "optimal", "saderf")
 PROJECTIONS = tuple(sampling.PROJECTIONS)
@@ -56,9 +55,9 @@ class Case:
         draw = data.draw
         self.dtype = np.dtype(draw(st.sampled_from([np.float32, np.float64]), "dtype"))
         names = POSITIVE if positive_only else (*POSITIVE, "trig")
-        self.kernel = "softmax"
+        self.activation = None
         if kernels and draw(st.booleans(), "generalized kernel"):
-            self.kernel = draw(st.sampled_from(GENERALIZED), "kernel")
+            self.activation = draw(st.sampled_from(GENERALIZED), "activation")
         self.estimator = draw(st.sampled_from(names), "estimator")
         self.projection = draw(st.sampled_from(PROJECTIONS), "projection")
         self.causal = draw(st.booleans(), "causal")
@@ -87,8 +86,8 @@ class Case:
         self.rng = rng
         self.att = FavorAttention(
             self.m,
-            kernel=self.kernel,
             estimator=self.estimator,
+            activation=self.activation,
             projection=self.projection,
             scale=self.scale,
             random_state=seed % 1000,
@@ -96,7 +95,7 @@ class Case:
 
     @property
     def positive(self):
-        return self.kernel == "softmax" and self.estimator in POSITIVE
+        return self.activation is None and self.estimator in POSITIVE
 
     def attend(self, Q=None, K=None, V=None, **kwargs):
         kwargs.setdefault("causal", self.causal)
@@ -162,7 +161,7 @@ def test_causal_attention_never_leaks(data):
     K2, V2 = case.K.copy(), case.V.copy()
     K2[..., t:, :] = (case.rng.normal(size=K2[..., t:, :].shape) * new_norm).astype(case.dtype)
     V2[..., t:, :] = (case.rng.normal(size=V2[..., t:, :].shape) * 1e3).astype(case.dtype)
-    with mock.patch.multiple(fa, CHUNK=chunk, CAUSAL_BLOCK_ROWS=block):
+    with tuned(chunk=chunk, causal_block_rows=block):
         try:
             base = case.attend(causal=True)
             changed = case.attend(K=K2, V=V2, causal=True)

@@ -1,10 +1,11 @@
 """Samplers: shapes, seeding, orthogonality and — above all — unbiasedness.
 
-The bias test is the per-feature MGF check of peers.md §0: for rows ω that are marginally
-N(0, I_d), E[exp(ω·z)] = exp(|z|²/2) for every z. Its standard error comes from the exact
-variance Var exp(ω·z) = exp(2|z|²) - exp(|z|²) of an iid row (Lemma 2's ingredient); for
-orthogonal blocks the variance of the mean is smaller still (Theorem 6: exp has
-nonnegative Taylor coefficients), so the z-score is conservative there.
+The bias test is a per-feature MGF check across several directions z (it catches
+orthogonal blocks that are not Haar, e.g. QR without the sign fix): for rows ω that are
+marginally N(0, I_d), E[exp(ω·z)] = exp(|z|²/2) for every z. Its standard error comes
+from the exact variance Var exp(ω·z) = exp(2|z|²) - exp(|z|²) of an iid row (Lemma 2's
+ingredient); for orthogonal blocks the variance of the mean is smaller still (Theorem 6:
+exp has nonnegative Taylor coefficients), so the z-score is conservative there.
 """
 
 import numpy as np

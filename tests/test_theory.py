@@ -1,4 +1,5 @@
-"""favorkit.theory against Monte Carlo, special cases and the values quoted in spec/math.md.
+"""favorkit.theory against Monte Carlo, special cases and reference values (the Performer
+paper's closed forms, and an independent computation of its Fig. 2 MSE ratio).
 
 Monte Carlo references are plain NumPy (independent of favorkit's transformers): per-draw
 estimates of SM(x, y) from ``m`` projections, squared errors averaged over repeats, compared
@@ -68,7 +69,8 @@ def test_lemma2_relative_forms_and_special_cases():
     sm2 = np.exp(2 * np.sum(x * y, axis=-1))
     z2 = np.sum((x + y) ** 2, axis=-1)
     d2 = np.sum((x - y) ** 2, axis=-1)
-    # spec/math.md a.5, relative forms, and the Eq. 8 forms as printed in the paper.
+    # Lemma 2 of the Performer paper: relative forms (MSE / SM²), and the Eq. 8 forms as
+    # printed in the paper.
     np.testing.assert_allclose(theory.mse_trig(x, y, m) / sm2, (np.cosh(d2) - 1) / m, rtol=1e-10)
     np.testing.assert_allclose(theory.mse_positive(x, y, m) / sm2, np.expm1(z2) / m, rtol=1e-12)
     np.testing.assert_allclose(
@@ -121,7 +123,8 @@ def test_theorem2_bound_against_orthogonal_monte_carlo(d, m):
 
 
 def test_theorem2_v4_bound_stays_positive_where_the_old_text_fails():
-    # spec a.7: the older "- (1-1/m)(2/(d+2)) SM²" goes negative as z -> 0; v4 does not.
+    # Performer Theorem 2: the older arXiv text's "- (1-1/m)(2/(d+2)) SM²" goes negative as
+    # z -> 0; the v4 (Nov 2022) bound does not.
     d, m = 16, 16
     x = np.full(d, 0.01)
     y = -x + 1e-3
@@ -149,7 +152,8 @@ def test_orthogonal_bound_blocks():
     ("length", "expected"), [(0.5, 2.08), (1.0, 1.74), (1.5, 1.65), (2.0, 1.61)]
 )
 def test_fig2_crossover_values(length, expected):
-    # spec/math.md a.5 quotes the crossovers to 2 decimals.
+    # Crossovers r = 1 of the Fig. 2 ratio r = MSE_trig / MSE_+ (reference values, an
+    # independent computation from Lemma 2; the paper does not print them), to 2 decimals.
     phi = theory.crossover_angle(length)
     assert abs(phi - expected) <= 0.005
     np.testing.assert_allclose(theory.mse_ratio(phi, length), 1.0, rtol=1e-9)
@@ -157,7 +161,8 @@ def test_fig2_crossover_values(length, expected):
 
 
 def test_fig2_ratio_values_and_symmetry():
-    # spec/math.md a.5 quotes r at l = 1 to these numbers of decimals.
+    # r at l = 1 (reference values, an independent computation from Lemma 2), to these
+    # numbers of decimals.
     quoted = [(np.pi / 2, 0.43, 2), (2 * np.pi / 3, 5.3, 1), (3 * np.pi / 4, 17.8, 1)]
     quoted.append((0.9 * np.pi, 231, 0))
     for phi, value, decimals in quoted:

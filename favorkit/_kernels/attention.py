@@ -6,7 +6,7 @@ Conventions shared with :mod:`favorkit.attention` (which computes the features):
   normalization), ``fk`` (n, r): key features divided by a per-key constant ``exp(s_j)``;
   ``s`` (n,) float64 holds those log-constants (``-inf`` for a padded key, whose feature row
   is zero). The true key feature is ``exp(s_j) * fk[j]``.
-* ``u`` (n, e) is ``[V 1]``: the last column carries the normalizer (spec a.9).
+* ``u`` (n, e) is ``[V 1]``: the last column carries the normalizer (Performer, App. B).
 * A numerator row ``num[t]`` is stored relative to a reference ``ref[t]``: the true row is
   ``exp(ref[t]) * num[t]``. Any reference cancels in ``num[:, :-1] / num[:, -1]``; it only
   keeps the numbers representable.
@@ -39,9 +39,9 @@ def causal_block(fq, fk, s, u, chunk, thresh, state, R0, num, ref):
     and on return ``exp(R) * state`` is the sum over all positions so far, with ``R`` the
     returned reference (``-inf`` while every key is padded).
 
-    Stabilization without look-ahead, exactly (DESIGN.md: "changing a future key must leave
-    every earlier output unchanged, exactly"): every number row ``t`` reads, and every
-    choice of how to compute it, depends on positions ``<= t`` only.
+    Stabilization without look-ahead, exactly (changing a future key must leave every
+    earlier output unchanged, bit for bit): every number row ``t`` reads, and every choice
+    of how to compute it, depends on positions ``<= t`` only.
 
     * The state is kept in float64 relative to ``R``, the running maximum of ``s`` over
       the *previous* chunks, and rescaled to the new maximum at the end of each chunk.
@@ -55,9 +55,8 @@ def causal_block(fq, fk, s, u, chunk, thresh, state, R0, num, ref):
       scalar loop over keys ``<= t``. Since ``rr`` only grows, the fast rows of a chunk are
       a prefix, and weights of keys past it are never formed (set to 0).
 
-    An earlier version referenced every row of a chunk to the chunk's maximum; that
-    cancels in exact arithmetic but let a later key of the same chunk change earlier rows
-    in the last ulp.
+    Referencing every row of a chunk to the chunk's maximum would cancel in exact
+    arithmetic, but let a later key of the same chunk change earlier rows in the last ulp.
 
     Parameters
     ----------
@@ -179,7 +178,7 @@ def merge_normalize(num, ref, cross, r_cross, out):
     may have zero rows, meaning no carried-in state). Writes ``out[t] = row[:-1] / row[-1]``.
     A row that saw no key at all gets zeros; so does a row whose normalizer is not positive
     and finite, or whose quotient is not finite in ``out``'s dtype (signed features:
-    trigonometric, or a signed generalized kernel), and it is counted.
+    trigonometric, or a signed activation), and it is counted.
 
     Parameters
     ----------

@@ -15,6 +15,7 @@ falls back to scalar code); in-place kernels take the buffer once.
 """
 
 import math
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -63,40 +64,51 @@ def cos_offset_rows_inplace(z, offset, log_scale):
             z[i, j] = math.cos(z[i, j] + offset[j]) * h
 
 
+class RowTerms(NamedTuple):
+    """What the positive/GERF row terms and range checks need, by name.
+
+    ``shift = log_const - |ũ|²/2 - gaussian_weight |u|²``; a row is checked when its
+    lower bound ``shift + a_w_sq_max - b_w_norm |ũ|`` on every log-feature is below
+    ``log_tiny`` (``a_w_sq_max = A max|ω|²``, ``b_w_norm = B max|ω|``), or always with
+    ``check_all``.
+    """
+
+    log_const: float
+    gaussian_weight: float
+    a_w_sq_max: float
+    b_w_norm: float
+    log_tiny: float
+    check_all: bool
+
+
 @numba.njit(nogil=True, cache=True)
-def gerf_row_terms(sq_u, sq_t, params, shift, check):
+def gerf_row_terms(sq_u, sq_t, terms, shift, check):
     """Row term of the positive/GERF log-features and the rows that need a range check.
 
     ``shift[i] = log_const - sq_t[i]/2 - gaussian_weight * sq_u[i]`` (``sq_u = |u|²``,
     ``sq_t = |ũ|²``, float64), and ``check[i]`` is True when the row's largest log-feature
     might fall below ``log_tiny``, by the lower bound ``shift + A|ω|²_max - B|ũ||ω|_max``
-    (or for every row when ``check_all``). ``params`` is the float64 array
-    ``(log_const, gaussian_weight, a_w_sq_max, b_w_norm, log_tiny, check_all)``.
+    (or for every row when ``check_all``); ``terms`` is a :class:`RowTerms`.
     """
-    log_const, gaussian_weight, a_w_sq_max, b_w_norm, log_tiny, check_all = (
-        params[0],
-        params[1],
-        params[2],
-        params[3],
-        params[4],
-        params[5],
-    )
     for i in range(sq_u.shape[0]):
-        s = log_const - 0.5 * sq_t[i] - gaussian_weight * sq_u[i]
+        s = terms.log_const - 0.5 * sq_t[i] - terms.gaussian_weight * sq_u[i]
         shift[i] = s
-        check[i] = check_all != 0.0 or s + a_w_sq_max - b_w_norm * math.sqrt(sq_t[i]) < log_tiny
+        check[i] = (
+            terms.check_all
+            or s + terms.a_w_sq_max - terms.b_w_norm * math.sqrt(sq_t[i]) < terms.log_tiny
+        )
 
 
 # fastmath "reassoc" lets LLVM split the two float64 norm sums into vector lanes: 29 µs
 # instead of 98 µs for a 2048 x 64 float32 block, ~8 % of the whole transform. The order
 # of the sum is fixed at compile time, so the result still does not depend on threads.
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
-def stage_gerf_rows(x, c2, weights_t, params, xs, shift, check):
+def stage_gerf_rows(x, c2, weights_t, terms, xs, shift, check):
     """One pass over a dense block: row norms, row terms, and the GEMM's left operand.
 
     ``xs[i] = [x_i, shift_i, 1, ...]`` so that ``xs @ [W^T; 1; A|ω|²]`` is the log-feature
     (the row term folded into the GEMM); ``|u|² = c2 |x|²`` and ``|ũ|² = Σ weights_t x²``
-    are accumulated in float64. See :func:`gerf_row_terms` for ``params``, ``shift`` and
+    are accumulated in float64. See :func:`gerf_row_terms` for ``terms``, ``shift`` and
     ``check``.
     """
     n, d = x.shape
@@ -114,13 +126,13 @@ def stage_gerf_rows(x, c2, weights_t, params, xs, shift, check):
         sq_t[i] = acc_t
         for j in range(d + 1, xs.shape[1]):
             xs[i, j] = 1.0
-    gerf_row_terms(sq_u, sq_t, params, shift, check)
+    gerf_row_terms(sq_u, sq_t, terms, shift, check)
     for i in range(n):
         xs[i, d] = shift[i]
 
 
 @numba.njit(nogil=True, cache=True, fastmath={"reassoc"})
-def gerf_rows_dense(x, c2, weights_t, params, shift, check):
+def gerf_rows_dense(x, c2, weights_t, terms, shift, check):
     """Row norms of a dense block in float64 and the row terms of :func:`gerf_row_terms`.
 
     For maps that cannot fold the row term into the GEMM (the hyperbolic pair): one pass
@@ -140,4 +152,4 @@ def gerf_rows_dense(x, c2, weights_t, params, shift, check):
             acc_t += weights_t[j] * v * v
         sq_u[i] = c2 * acc_u
         sq_t[i] = acc_t
-    gerf_row_terms(sq_u, sq_t, params, shift, check)
+    gerf_row_terms(sq_u, sq_t, terms, shift, check)

@@ -1,7 +1,6 @@
 """Fast Walsh–Hadamard transform (unnormalized), used to build SORF blocks."""
 
 import numba
-import numpy as np
 
 
 @numba.njit(parallel=True, cache=True)
@@ -27,7 +26,3 @@ def fwht_rows_inplace(a):
                     row[j + h] = x - y
             h *= 2
     return a
-
-
-def _warm():  # pragma: no cover - compile helper for benchmarks
-    fwht_rows_inplace(np.zeros((1, 2)))

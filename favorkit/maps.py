@@ -1,0 +1,555 @@
+"""The feature maps: every random-feature map of favorkit, in one place.
+
+A feature map turns an input ``x`` (after the kernel's scale, ``u = c x``) and projection
+rows ``ω_1 … ω_m`` (drawn by :mod:`favorkit.sampling`) into features whose inner products
+estimate a kernel. Each map is one small object, registered by name in :data:`MAPS` as
+projections are in :data:`favorkit.sampling.PROJECTIONS`; the transformers
+(:mod:`favorkit.features`), attention (:mod:`favorkit.attention`), the closed forms
+(:mod:`favorkit.theory`) and the experiments all ask the map, never the name.
+
+==============  =================================================================  ========
+name            features of ``u`` (with ``1/sqrt(m)``; ``Λ(u) = e^{-|u|²/2}``)      blocks
+==============  =================================================================  ========
+``positive``    ``Λ(u) exp(ω·u)``: FAVOR+ (Choromanski et al. 2021, Lemma 1)       1
+``hyperbolic``  ``Λ(u) [exp(ω·u), exp(-ω·u)] / sqrt(2)``: the antithetic pair      2
+                (Lemma 2)
+``optimal``     ``D Λ(u) exp(A|ω|² + Bω·u)``, ``B = sqrt(1 - 4A)``,                 1
+                ``D = (1 - 4A)^{d/4}``, with the variance-optimal ``A* <= 0``:
+                FAVOR++ (GERF/OPRF of Likhosherstov et al. 2022, "Chefs' Random
+                Tables")
+``saderf``      ``optimal`` on ``Ψu`` (queries) and ``Ψ⁻¹v`` (keys), ``Ψ``            1
+                diagonal (SADERF of Likhosherstov et al. 2023, "Dense-Exponential
+                Random Features")
+``trig``        ``[cos(ω·u), sin(ω·u)]``: trigonometric features (Rahimi–Recht;     2
+                the Performer's baseline, times ``e^{|u|²/2}`` for the softmax
+                kernel)
+``cos``         ``sqrt(2) cos(ω·u + b)``, ``b ~ U[0, 2π)``: scikit-learn's          1
+                ``RBFSampler``
+``relu`` …      deterministic activations of attention (any f in Eq. 5):            1
+                ``f(ω·u) + ε`` with ``f`` relu, elu + 1, exp, abs or a callable
+==============  =================================================================  ========
+
+What a map offers its users:
+
+* ``blocks``: the suffixes of its output column blocks (``width(m)`` columns in all);
+* ``fit(queries, keys)``: its parameters (:class:`MapParams`) from the column moments
+  (:class:`Moments`) of the scaled queries and keys, one path for every user;
+* exponential maps (the positive ones): ``log_features(W, params, c, side)``, the
+  log-feature ``log φ_i(x) = z_i(x) + ρ(x)`` as a projection, a per-column term and the
+  weights of a per-row constant (:class:`LogFeatures`), which each user evaluates in its
+  own precision and blocking;
+* the variance hooks of the closed forms: ``relative_variance`` and
+  ``log1p_relative_variance`` of one projection at ``z = |u + v|²``, ``antithetic`` (its
+  pair covariance is symmetrised), ``term_moment`` (raw moments of one iid term) and
+  ``per_projection`` (per-projection estimates from features).
+
+How to add a map: subclass :class:`ExponentialMap` (or :class:`FeatureMap`), give it a
+``name`` and ``blocks``, implement the methods above that apply, and register an instance
+in :data:`MAPS`. The transformers and attention accept it by name; theory and the tests
+that run over ``MAPS`` pick it up.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+from favorkit._kernels.fastexp import exp_inplace
+from favorkit._kernels.feature_maps import cos_offset_rows_inplace, cos_sin_rows
+
+__all__ = [
+    "MAPS",
+    "ActivationMap",
+    "CosOffsetMap",
+    "ExponentialMap",
+    "FeatureMap",
+    "GerfMap",
+    "HyperbolicMap",
+    "LogFeatures",
+    "MapParams",
+    "Moments",
+    "PositiveMap",
+    "TrigMap",
+    "get",
+    "input_scale_sq",
+    "names",
+    "optimal_gerf_a",
+]
+
+
+# --------------------------------------------------------------------------------------
+# statistics and parameters
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Per-coordinate mean and mean square of a set of (kernel-scaled) rows.
+
+    The only statistics any map fits its parameters from; they cost O(n d) and can be
+    accumulated in blocks (attention sums them per sequence).
+
+    Attributes
+    ----------
+    mean : ndarray of shape (d,)
+    mean_sq : ndarray of shape (d,)
+    """
+
+    mean: np.ndarray
+    mean_sq: np.ndarray
+
+    @classmethod
+    def of(cls, X, scale_sq=1.0):
+        """Moments of ``sqrt(scale_sq) X`` for dense or CSR rows X, in float64.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from favorkit.maps import Moments
+        >>> Moments.of(np.array([[1.0, 2.0], [3.0, 2.0]]), scale_sq=4.0).mean_sq
+        array([20., 16.])
+        """
+        with np.errstate(over="ignore", invalid="ignore"):  # fit checks the result
+            if sp.issparse(X):
+                data = X.data.astype(np.float64)
+                mean = np.asarray(X.mean(axis=0, dtype=np.float64)).ravel()
+                squares = sp.csr_matrix((data * data, X.indices, X.indptr), shape=X.shape)
+                mean_sq = np.asarray(squares.mean(axis=0)).ravel()
+            else:
+                mean = X.mean(axis=0, dtype=np.float64)
+                mean_sq = np.einsum("ij,ij->j", X, X, dtype=np.float64) / X.shape[0]
+            return cls(np.sqrt(scale_sq) * mean, scale_sq * mean_sq)
+
+    @classmethod
+    def from_sums(cls, sums, sums_sq, count, scale_sq=1.0):
+        """Moments of ``sqrt(scale_sq) x`` from column sums and sums of squares of ``count``
+        unscaled rows (as accumulated in blocks)."""
+        return cls(np.sqrt(scale_sq) * sums / count, scale_sq * sums_sq / count)
+
+
+@dataclass(frozen=True)
+class MapParams:
+    """Parameters fitted by a map: the GERF ``A`` and SADERF's diagonal ``Ψ``.
+
+    ``A = 0`` and ``Ψ = 1`` for every map whose parameters do not depend on the data.
+
+    Attributes
+    ----------
+    a : float
+        The GERF parameter ``A <= 0``.
+    psi : ndarray of shape (d,)
+        Queries are scaled by ``Ψ``, keys by ``Ψ⁻¹``.
+    """
+
+    a: float
+    psi: np.ndarray
+
+    @classmethod
+    def identity(cls, d):
+        return cls(0.0, np.ones(d))
+
+
+def input_scale_sq(kernel, gamma):
+    """``c²`` with ``u = c x``: ``gamma`` for the softmax kernel ``exp(gamma x·y)``, ``2 gamma``
+    for the Gaussian kernel ``exp(-gamma |x - y|²) = SM(u, v) Λ(u) Λ(v)``."""
+    return gamma if kernel == "softmax" else 2.0 * gamma
+
+
+def optimal_gerf_a(phi, d):
+    """The variance-optimal GERF parameter ``A* <= 0`` (FAVOR++'s OPRF; Likhosherstov et al.
+    2022, "Chefs' Random Tables").
+
+    Minimises ``log E[f1² f2²] = (d/2) log((1-4A)²/(1-8A)) + φ/(1-8A)``, the log second
+    moment of one projection at ``z = φ``; for a batch, φ is the pair mean of ``|u_i +
+    v_j|²``, which minimises the pair-averaged log second moment exactly. With
+    ``ρ = 1/(1-8A)`` the stationarity condition is ``2φρ² + (2φ + d)ρ - d = 0``, whose root
+    in (0, 1] is taken in the cancellation-free form
+
+    ``ρ* = 2d / (sqrt((2φ + d)² + 8dφ) + 2φ + d)``,  ``A* = (1 - 1/ρ*)/8``.
+
+    ``φ = 0`` gives ``A* = 0`` (FAVOR+); ``A*`` depends on ``φ/d`` only. Negative φ (round-off)
+    is treated as 0.
+
+    Parameters
+    ----------
+    phi : float or array-like
+        ``|u + v|²`` (one pair) or its mean over the pairs of a batch.
+    d : int
+        Dimension.
+
+    Returns
+    -------
+    float or ndarray
+
+    Examples
+    --------
+    >>> from favorkit.maps import optimal_gerf_a
+    >>> round(float(optimal_gerf_a(16.0, 64)), 4)
+    -0.0976
+    >>> float(optimal_gerf_a(0.0, 8))
+    0.0
+    """
+    d = _check_d(d)
+    phi = np.asarray(phi, dtype=np.float64)
+    if np.isnan(phi).any():
+        raise ValueError("phi must not be NaN.")
+    phi = np.maximum(phi, 0.0)
+    # With x = φ/d: 1/ρ* = (2x + 1)(1 + sqrt(1 + 8x/(2x + 1)²)) / 2, written so that
+    # nothing overflows before the result does (the form above squares 2φ + d).
+    with np.errstate(over="ignore", invalid="ignore"):
+        x = phi / d
+        s = 2.0 * x + 1.0
+        inv_rho = s * (1.0 + np.sqrt(1.0 + 8.0 * (x / s) / s)) / 2.0
+        a = (1.0 - inv_rho) / 8.0
+    return np.where(np.isinf(phi), -np.inf, a)[()]
+
+
+def _check_d(d):
+    if not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 1:
+        raise ValueError(f"d must be a positive integer, got {d!r}.")
+    return int(d)
+
+
+def _saderf_scales(ex, ey):
+    """``Ψ_l = ((E v_l² + ε) / (E u_l² + ε))^{1/4}``, ε a tiny fraction of the mean energy.
+
+    Ψ does not change when both energies are scaled alike, so moments whose sum overflows
+    (each of them finite) are divided by their largest first.
+    """
+    total = ex.sum() + ey.sum()
+    if not np.isfinite(total):
+        top = max(ex.max(), ey.max())
+        ex, ey = ex / top, ey / top
+        total = ex.sum() + ey.sum()
+    eps = 1e-12 * max(total, np.finfo(np.float64).tiny) / ex.size
+    return ((ey + eps) / (ex + eps)) ** 0.25
+
+
+@dataclass(frozen=True)
+class LogFeatures:
+    """The log-features of an exponential map on one side, ready to be evaluated.
+
+    ``log φ_i(x) = (P x)_i + t_i + ρ(x)``, one row of ``P`` per projection, with the row
+    constant ``ρ(x) = const - |x̃|²/2`` and ``|x̃|² = Σ_l w_l x_l²`` (times 2 for the
+    Gaussian kernel's factor, which a transformer adds itself). An antithetic map has
+    ``2m`` columns ``[z, -z]`` of ``z = P x`` (its term ``t`` is 0).
+
+    Attributes
+    ----------
+    projection : ndarray of shape (m, d), float64
+        ``P = B c Ψ^{±1} ω``: the projection rows times the input scale.
+    column : ndarray of shape (m,) or None
+        ``t = A|ω|²``: None for the maps without a fitted ``A`` (where ``A = 0``).
+    norm_weights : ndarray of shape (d,)
+        ``w = (c Ψ^{±1})²``.
+    norm_scale : float or None
+        ``c²`` for the maps without a fitted Ψ, whose weights all equal it: then
+        ``|x̃|² = c² |x|²``.
+    const : float
+        ``(d/4) log(1 - 4A) - ½ log(width)``: the same for every row.
+    antithetic : bool
+        Columns ``[z, -z]``.
+    """
+
+    projection: np.ndarray
+    column: np.ndarray | None
+    norm_weights: np.ndarray
+    norm_scale: float | None
+    const: float
+    antithetic: bool
+
+
+# --------------------------------------------------------------------------------------
+# the maps
+
+
+class FeatureMap:
+    """A random (or deterministic) feature map; see the module docstring.
+
+    Attributes
+    ----------
+    name : str
+        Its key in :data:`MAPS`.
+    blocks : tuple of str
+        Suffixes of its output column blocks of ``m`` columns each.
+    exponential : bool
+        Every feature is ``exp`` of a log-feature: positive features, computed in log space.
+    fitted : bool
+        Its parameters depend on data statistics (:meth:`fit`).
+    attention_estimator : bool
+        Attention can use it as an estimator of the softmax kernel.
+    """
+
+    name = ""
+    blocks = ("",)
+    exponential = False
+    fitted = False
+    attention_estimator = False
+
+    def width(self, m):
+        """Number of output columns for ``m`` projections."""
+        return m * len(self.blocks)
+
+    def fit(self, queries, keys):
+        """Parameters from the moments of the scaled queries and keys (:class:`Moments`)."""
+        return MapParams.identity(queries.mean.shape[0])
+
+    def term_moment(self, x, y, j):
+        """Raw moment ``E[T^j]`` of one iid term ``T = width φ_k(x) φ_k(y)`` (ω ~ N(0, I))
+        of the softmax kernel's estimate at the pairs ``(x, y)``; the closed forms exist for
+        maps whose parameters do not depend on the data."""
+        raise NotImplementedError(f"no closed-form term moments for the map {self.name!r}")
+
+    def per_projection(self, Fx, Fy):
+        """Per-projection kernel estimates ``S[i, k]`` of ``K(x_i, y_i)`` from the features
+        of paired rows (each feature carries ``1/sqrt(width)`` of its block's scale), so
+        that ``S[:, G].mean(1)`` is the estimate from the projections ``G``."""
+        m = Fx.shape[1] // len(self.blocks)
+        blocks = [slice(k * m, (k + 1) * m) for k in range(len(self.blocks))]
+        terms = [Fx[:, block] * Fy[:, block] for block in blocks]
+        return m * sum(terms[1:], terms[0])
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.name!r})"
+
+
+class ExponentialMap(FeatureMap):
+    """A map whose features are ``exp(A|ω|² + B ω·ũ - |ũ|²/2) D / sqrt(m)`` (positive)."""
+
+    exponential = True
+    attention_estimator = True
+    antithetic = False
+
+    def log_features(self, W, params, scale_sq, side="query"):
+        """The log-features of rows on one side, for projection rows ``W`` (m, d).
+
+        ``scale_sq`` is ``c²`` with ``u = c x`` (``gamma`` or ``2 gamma`` in the
+        transformers, the logit scale in attention). SADERF's queries take ``Ψ``, its keys
+        ``Ψ⁻¹``.
+        """
+        a = float(params.a)
+        b = np.sqrt(1.0 - 4.0 * a)
+        psi = params.psi if side == "query" else 1.0 / params.psi
+        col_scale = np.sqrt(scale_sq) * psi
+        m, d = W.shape
+        with np.errstate(over="ignore"):  # the users check what they evaluate
+            projection = W * (b * col_scale)
+            column = a * np.einsum("ij,ij->i", W, W)
+        return LogFeatures(
+            projection=projection,
+            column=column if self.fitted or a != 0.0 else None,
+            norm_weights=col_scale**2,
+            norm_scale=None if self.fitted else float(scale_sq),
+            const=0.25 * d * np.log1p(-4.0 * a) - 0.5 * np.log(self.width(m)),
+            antithetic=self.antithetic,
+        )
+
+    def log1p_relative_variance(self, z, d, a=0.0):
+        """``log(1 + relVar)`` of one projection at ``z = |u + v|²``, the GERF variance of
+        Likhosherstov et al. (2022): ``(d/2) log((1-4A)²/(1-8A)) + z/(1-8A)``."""
+        return 0.5 * d * (2.0 * np.log1p(-4.0 * a) - np.log1p(-8.0 * a)) + z / (1.0 - 8.0 * a)
+
+    def relative_variance(self, z, d, a=0.0):
+        """Variance of one projection's estimate over the kernel squared, at ``z``."""
+        return np.expm1(self.log1p_relative_variance(z, d, a))
+
+
+class PositiveMap(ExponentialMap):
+    """FAVOR+: ``Λ(u) exp(ω·u) / sqrt(m)`` (Choromanski et al. 2021, Lemma 1)."""
+
+    name = "positive"
+
+    def term_moment(self, x, y, j):
+        """``T = Λ(x)Λ(y) e^{ω·(x+y)}``, with ``E e^{λ ω·s} = e^{λ²|s|²/2}``."""
+        sx, sy = np.sum(x * x, -1), np.sum(y * y, -1)
+        s = np.sum((x + y) ** 2, -1)
+        return np.exp(-0.5 * j * (sx + sy) + 0.5 * j * j * s)
+
+
+class HyperbolicMap(ExponentialMap):
+    """The antithetic pair ``Λ(u) [exp(ω·u), exp(-ω·u)] / sqrt(2m)`` (Lemma 2)."""
+
+    name = "hyperbolic"
+    blocks = ("plus", "minus")
+    antithetic = True
+
+    def log1p_relative_variance(self, z, d, a=0.0):
+        """``log cosh z`` (relVar ``cosh z - 1``, Lemma 2), without overflow."""
+        return np.logaddexp(z, -z) - np.log(2.0)
+
+    def relative_variance(self, z, d, a=0.0):
+        """``cosh z - 1 = 2 sinh²(z/2)``, without cancellation near 0."""
+        return 2.0 * np.sinh(0.5 * z) ** 2
+
+    def term_moment(self, x, y, j):
+        """``T = Λ(x)Λ(y) cosh(ω·(x+y))``: binomial expansion of ``cosh^j``."""
+        sx, sy = np.sum(x * x, -1), np.sum(y * y, -1)
+        s = np.sum((x + y) ** 2, -1)
+        tot = sum(math.comb(j, k) * np.exp(0.5 * (j - 2 * k) ** 2 * s) for k in range(j + 1))
+        return np.exp(-0.5 * j * (sx + sy)) * tot / 2**j
+
+
+class GerfMap(ExponentialMap):
+    """FAVOR++ (``saderf=False``) and SADERF: GERF features with fitted ``A`` (and ``Ψ``).
+
+    ``fit`` takes ``Ψ_l = (E v_l² / E u_l²)^{1/4}``, which minimises ``mean |Ψu_i +
+    Ψ⁻¹v_j|²`` over diagonal Ψ (SADERF; ones for FAVOR++; a coordinate that is zero on one
+    side only gets the finite limit of the formula through a tiny relative epsilon), then
+    ``φ = mean_{i,j} |Ψu_i + Ψ⁻¹v_j|² = Σ_l (Ψ_l² E u_l² + Ψ_l⁻² E v_l²) + 2 ū·v̄`` and
+    ``A = optimal_gerf_a(φ, d)``.
+    """
+
+    fitted = True
+
+    def __init__(self, name, *, saderf):
+        self.name = name
+        self.saderf = saderf
+
+    def fit(self, queries, keys):
+        ex = np.asarray(queries.mean_sq, dtype=np.float64)
+        ey = np.asarray(keys.mean_sq, dtype=np.float64)
+        d = ex.size
+        with np.errstate(over="ignore", invalid="ignore"):
+            psi = _saderf_scales(ex, ey) if self.saderf else np.ones(d)
+            phi = float(ex @ psi**2 + ey @ psi**-2 + 2.0 * np.dot(queries.mean, keys.mean))
+        if not (np.isfinite(phi) and np.isfinite(psi).all()):
+            raise ValueError(
+                "The FAVOR++/SADERF statistics of the inputs (mean squared norms of the "
+                "scaled inputs) overflow float64; scale the inputs down (or lower gamma / "
+                "scale)."
+            )
+        return MapParams(float(optimal_gerf_a(phi, d)), psi)
+
+
+class TrigMap(FeatureMap):
+    """Trigonometric features ``[cos(ω·u), sin(ω·u)] / sqrt(m)`` (Rahimi and Recht 2007).
+
+    Inner products average ``cos(ω·(u - v))``: the Gaussian kernel ``exp(-|u - v|²/2)``; times
+    ``h(x) = exp(|u|²/2)`` per row, the softmax kernel (the Performer's ``SM^trig``, signed).
+    """
+
+    name = "trig"
+    blocks = ("cos", "sin")
+    attention_estimator = True
+    offsets = False  # no random offsets to draw
+    in_place = False  # the projections are not overwritten by the features
+
+    def log_row_scale(self, m):
+        """Log of the constant factor of every feature."""
+        return -0.5 * np.log(m)
+
+    def features(self, z, log_scale, out, *, offset=None, vectorized=False):
+        """``out = exp(log_scale) [cos z, sin z]`` for projections ``z`` (n, m).
+
+        ``vectorized`` takes numpy's SIMD sin/cos (faster in float32), otherwise one fused
+        Numba pass (faster in float64).
+        """
+        if vectorized:
+            m = z.shape[1]
+            np.cos(z, out=out[:, :m])
+            np.sin(z, out=out[:, m:])
+            out *= np.exp(log_scale).astype(out.dtype)[:, None]
+        else:
+            cos_sin_rows(z, log_scale, out)
+
+    def term_moment(self, x, y, j):
+        """``T = e^{(|x|²+|y|²)/2} cos(ω·(x-y))``: binomial expansion of ``cos^j``."""
+        sx, sy = np.sum(x * x, -1), np.sum(y * y, -1)
+        t = np.sum((x - y) ** 2, -1)
+        tot = sum(math.comb(j, k) * np.exp(-0.5 * (j - 2 * k) ** 2 * t) for k in range(j + 1))
+        return np.exp(0.5 * j * (sx + sy)) * tot / 2**j
+
+
+class CosOffsetMap(FeatureMap):
+    """Cosines with random offsets ``sqrt(2/m) cos(ω·u + b)``, ``b ~ U[0, 2π)``
+    (scikit-learn's ``RBFSampler``)."""
+
+    name = "cos"
+    blocks = ("cos",)
+    offsets = True
+    in_place = True  # the features overwrite the projections
+
+    def log_row_scale(self, m):
+        return 0.5 * np.log(2 / m)
+
+    def draw_offsets(self, m, rng):
+        """The offsets ``b``, drawn once in ``fit``."""
+        return rng.uniform(0.0, 2.0 * np.pi, size=m)
+
+    def features(self, z, log_scale, out, *, offset, vectorized=False):
+        """``z = exp(log_scale) cos(z + offset)`` in place (``out`` is ``z``)."""
+        if vectorized:
+            z += offset
+            np.cos(z, out=z)
+            z *= np.exp(log_scale).astype(z.dtype)[:, None]
+        else:
+            cos_offset_rows_inplace(z, offset, log_scale)
+
+
+class ActivationMap(FeatureMap):
+    """A deterministic activation of attention's generalized attention: ``f(ω·u) + ε``.
+
+    Not a random-feature estimator of any kernel (Choromanski et al. 2021, Eq. 5): the
+    attention it gives is defined by ``f``.
+    """
+
+    def __init__(self, name, function):
+        self.name = name
+        self.function = function
+
+    def __call__(self, Z):
+        return self.function(Z)
+
+
+def _elu_plus_one(Z):
+    """``elu(z) + 1`` (Katharopoulos et al. 2020)."""
+    return np.where(Z > 0, Z + 1, np.exp(np.minimum(Z, 0)))
+
+
+MAPS = {
+    "positive": PositiveMap(),
+    "hyperbolic": HyperbolicMap(),
+    "optimal": GerfMap("optimal", saderf=False),
+    "saderf": GerfMap("saderf", saderf=True),
+    "trig": TrigMap(),
+    "cos": CosOffsetMap(),
+    "relu": ActivationMap("relu", lambda Z: np.maximum(Z, 0, out=Z)),
+    "elu": ActivationMap("elu", _elu_plus_one),
+    "exp": ActivationMap("exp", exp_inplace),
+    "abs": ActivationMap("abs", lambda Z: np.abs(Z, out=Z)),
+}
+
+
+def get(name):
+    """The map registered under ``name`` (a callable gives an :class:`ActivationMap`).
+
+    Examples
+    --------
+    >>> from favorkit import maps
+    >>> maps.get("hyperbolic").blocks
+    ('plus', 'minus')
+    >>> [name for name, m in maps.MAPS.items() if m.exponential]
+    ['positive', 'hyperbolic', 'optimal', 'saderf']
+    """
+    if callable(name):
+        return ActivationMap(getattr(name, "__name__", "callable"), name)
+    try:
+        return MAPS[name]
+    except KeyError:
+        names = ", ".join(repr(k) for k in MAPS)
+        raise ValueError(f"unknown feature map {name!r}; the maps are {names}.") from None
+
+
+def names(kind):
+    """Names of the registered maps of one kind, in registration order: ``"exponential"``
+    (positive features), ``"attention"`` (attention's estimators of the softmax kernel),
+    ``"random"`` (every random-feature estimator) or ``"activation"``."""
+    tests = {
+        "exponential": lambda m: m.exponential,
+        "attention": lambda m: m.attention_estimator,
+        "random": lambda m: not isinstance(m, ActivationMap),
+        "activation": lambda m: isinstance(m, ActivationMap),
+    }
+    return tuple(name for name, m in MAPS.items() if tests[kind](m))
