@@ -19,11 +19,15 @@ from favorkit import (
     NumericalWarning,
     PositiveRandomFeatures,
     favor_attention,
+    maps,
     softmax_attention,
 )
 from favorkit._kernels import attention as ka
 from favorkit.attention._engine import tuned
 from tests import naive
+
+POSITIVE = list(maps.names("exponential"))  # attention's positive estimators
+FITTED = [name for name in POSITIVE if maps.get(name).fitted]  # FAVOR++, SADERF, ...
 
 DTYPES = [np.float32, np.float64]
 # FAVOR vs the dense computation with the same features: relative error bounds.
@@ -404,12 +408,15 @@ def _gerf_reference(Q, K, V, W, scale, estimator, *, causal=False, mask=None, fi
             a, psi = fitted
         fq = naive.favor_features(Q[h], W, scale, "gerf", a, psi)
         fk = naive.favor_features(K[h], W, scale, "gerf", a, 1 / psi)
+        if maps.get(estimator).antithetic:  # [φ(ω), φ(-ω)] / sqrt(2)
+            fq = np.hstack([fq, naive.favor_features(Q[h], -W, scale, "gerf", a, psi)])
+            fk = np.hstack([fk, naive.favor_features(K[h], -W, scale, "gerf", a, 1 / psi)])
         out[h] = naive.linear_attention_dense(fq, fk, V[h], causal=causal, mask=mask)
     return out.reshape(*lead, *out.shape[1:])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("estimator", ["optimal", "saderf"])
+@pytest.mark.parametrize("estimator", FITTED)
 @pytest.mark.parametrize("projection", ["orthogonal", "simplex"])
 @pytest.mark.parametrize("blocks", ["default", "small"])
 def test_gerf_matches_dense_same_features(dtype, estimator, projection, blocks, request):
@@ -430,7 +437,7 @@ def test_gerf_matches_dense_same_features(dtype, estimator, projection, blocks, 
     assert_allclose(att.attention_matrix(Q, K) @ V, want, rtol=1e-10)
 
 
-@pytest.mark.parametrize("estimator", ["optimal", "saderf"])
+@pytest.mark.parametrize("estimator", FITTED)
 def test_gerf_statistics_use_only_unpadded_keys(estimator, small_blocks):
     Q, K, V = _qkv((130,), d=8, seed=32)
     mask = np.zeros(130, dtype=bool)
@@ -447,7 +454,7 @@ def test_gerf_statistics_use_only_unpadded_keys(estimator, small_blocks):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("estimator", ["optimal", "saderf"])
+@pytest.mark.parametrize("estimator", FITTED)
 def test_causal_gerf_uses_the_fitted_parameters(dtype, estimator, small_blocks):
     Q, K, V = _qkv((2, 100), d=8, dv=5, seed=33)
     K = K * np.exp(np.random.default_rng(34).normal(0, 0.5, size=8))
@@ -482,13 +489,13 @@ def test_saderf_with_equal_statistics_is_favor_plus_plus():
     assert not np.allclose(sad.attend(X, K, X), opt.attend(X, K, X), rtol=1e-3)
 
 
-@pytest.mark.parametrize("estimator", ["positive", "hyperbolic", "optimal", "saderf"])
+@pytest.mark.parametrize("estimator", POSITIVE)
 @pytest.mark.parametrize("causal", [False, True])
 def test_simplex_projection_for_every_positive_estimator(estimator, causal):
     Q, K, V = _qkv((100,), d=8, seed=36)
     att = FavorAttention(24, estimator=estimator, projection="simplex", random_state=0).fit(Q)
     out = att.attend(Q, K, V, causal=causal)
-    if estimator in ("optimal", "saderf"):
+    if estimator in FITTED:
         fitted = (att.causal_gerf_a_, att.causal_query_scale_) if causal else None
         want = _gerf_reference(
             Q, K, V, att.projection_, att.scale_, estimator, causal=causal, fitted=fitted
@@ -500,7 +507,7 @@ def test_simplex_projection_for_every_positive_estimator(estimator, causal):
     assert _rel(out, want) <= 1e-10
 
 
-@pytest.mark.parametrize("estimator", ["optimal", "saderf"])
+@pytest.mark.parametrize("estimator", FITTED)
 @pytest.mark.parametrize("causal", [False, True])
 def test_gerf_outputs_stay_in_the_range_of_V(estimator, causal):
     Q, K, V = _qkv((3, 80), d=8, seed=37)
@@ -514,7 +521,7 @@ def test_gerf_outputs_stay_in_the_range_of_V(estimator, causal):
             assert np.all(out[h, t] <= seen.max(axis=0) + 1e-12)
 
 
-@pytest.mark.parametrize("estimator", ["optimal", "saderf"])
+@pytest.mark.parametrize("estimator", FITTED)
 @pytest.mark.parametrize("causal", [False, True])
 def test_gerf_heads_and_threads(estimator, causal, small_blocks, restore_numba_threads):
     Q, K, V = _qkv((2, 3, 70), d=8, dv=5, seed=38, dtype=np.float32)
@@ -542,7 +549,7 @@ def test_favor_plus_plus_below_favor_plus_at_d64_half_scale():
 
 def test_causal_gerf_errors():
     Q, K, V = _good()
-    for estimator in ("optimal", "saderf"):
+    for estimator in FITTED:
         with pytest.raises(ValueError, match="with causal=True needs A .* fixed in advance"):
             favor_attention(Q, K, V, estimator=estimator, causal=True)
     with pytest.raises(ValueError, match="is expecting 4 features"):
@@ -573,7 +580,7 @@ def _future_changes(att, K, V, t):
 
 @pytest.mark.filterwarnings("ignore::favorkit.NumericalWarning")  # trig rows
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("estimator", ["positive", "hyperbolic", "trig", "optimal", "saderf"])
+@pytest.mark.parametrize("estimator", maps.names("attention"))
 @pytest.mark.parametrize("n_heads", [1, 4])
 @pytest.mark.parametrize("blocks", ["default", "small"])
 def test_no_future_leak(dtype, estimator, n_heads, blocks, request):

@@ -15,7 +15,7 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from favorkit import OrthogonalRFF, PositiveRandomFeatures, sampling
+from favorkit import OrthogonalRFF, PositiveRandomFeatures, maps, sampling
 
 # sklearn's test_rbf_sampler data: rows normalised to sum to one (small, nonnegative).
 _rng = np.random.RandomState(0)
@@ -368,7 +368,7 @@ def test_bad_input_data(cls):
         cls(4).transform(X)
 
 
-@pytest.mark.parametrize("estimator", ["positive", "hyperbolic", "optimal", "saderf"])
+@pytest.mark.parametrize("estimator", maps.names("exponential"))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_transform_rejects_nan_and_inf_found_on_the_fly(estimator, dtype):
     """Dense transform checks finiteness through the row norms, not a separate pass."""

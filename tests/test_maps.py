@@ -63,12 +63,18 @@ def test_log_features_are_the_features_of_the_formula(name, side):
         params = fmap.fit(Moments.of(X, c2), Moments.of(Y, c2))
     rows = X if side == "query" else Y
     lf = fmap.log_features(W, params, c2, side)
-    z = rows @ lf.projection.T + (0.0 if lf.column is None else lf.column)
+    z = rows @ lf.projection.T
+    if lf.antithetic:
+        z = np.concatenate([z, -z], axis=1)
+    column = 0.0 if lf.column is None else np.tile(lf.column, z.shape[1] // W.shape[0])
     rho = lf.const - 0.5 * (rows**2) @ lf.norm_weights
-    log_phi = (np.concatenate([z, -z], axis=1) if lf.antithetic else z) + rho[:, None]
+    log_phi = z + column + rho[:, None]
     if fmap.fitted:
         psi = params.psi if side == "query" else 1.0 / params.psi
         want = naive.favor_features(rows, W, c2, "gerf", params.a, psi)
+        if lf.antithetic:  # [φ(ω), φ(-ω)], each half carrying 1/sqrt(2m)
+            minus = naive.favor_features(rows, -W, c2, "gerf", params.a, psi)
+            want = np.concatenate([want, minus], axis=1) / np.sqrt(2.0)
     else:
         want = naive.favor_features(rows, W, c2, name)
     assert_allclose(np.exp(log_phi), want, rtol=1e-12)

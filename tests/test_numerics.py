@@ -21,10 +21,11 @@ from favorkit import (
     OrthogonalRFF,
     PositiveRandomFeatures,
     favor_attention,
+    maps,
     softmax_attention,
 )
 
-POSITIVE = ["positive", "hyperbolic", "optimal", "saderf"]
+POSITIVE = list(maps.names("exponential"))
 EPS = {np.float32: np.finfo(np.float32).eps, np.float64: np.finfo(np.float64).eps}
 
 

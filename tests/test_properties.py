@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 from numpy.testing import assert_array_equal
 from sklearn.base import clone
 
-from favorkit import FavorAttention, OrthogonalRFF, PositiveRandomFeatures, sampling
+from favorkit import FavorAttention, OrthogonalRFF, PositiveRandomFeatures, maps, sampling
 from favorkit.attention._engine import tuned
 
-POSITIVE = ("positive", "hyperbolic", "optimal", "saderf")
+POSITIVE = maps.names("exponential")
 PROJECTIONS = tuple(sampling.PROJECTIONS)
 GENERALIZED = ("relu", "elu", "exp", "abs")
 EPS = {np.dtype(np.float32): float(np.finfo(np.float32).eps), np.dtype(np.float64): 2.3e-16}
