@@ -228,6 +228,8 @@ class PositiveRandomFeatures(_RandomFeatures):
       from the per-coordinate energies, then the ``"optimal"`` map. Queries and keys get
       different maps: fit with ``fit(Q, keys=K)`` and transform with
       ``transform(Q, side="query")`` and ``transform(K, side="key")``.
+    * ``"optimal_hyperbolic"``: the ``"optimal"`` map in antithetic pairs ``±ω_i`` with
+      ``1/sqrt(2m)`` (2m columns), as ``"hyperbolic"`` pairs ``"positive"``.
 
     Features are computed in log space and exponentiated once, with no data-dependent
     max-subtraction, so ``transform(X) @ transform(Y).T`` estimates ``K(X, Y)`` at its true
@@ -238,14 +240,16 @@ class PositiveRandomFeatures(_RandomFeatures):
     Parameters
     ----------
     n_components : int, default=256
-        Number of random projections m. The output has m columns, or 2m for
-        ``"hyperbolic"``.
+        Number of random projections m. The output has m columns, or 2m for the antithetic
+        ``"hyperbolic"`` and ``"optimal_hyperbolic"``.
     kernel : {"softmax", "gaussian"}, default="softmax"
         ``exp(gamma x·y)`` or ``exp(-gamma |x - y|²)``.
     gamma : float > 0, default=1.0
         Kernel parameter.
-    estimator : {"positive", "hyperbolic", "optimal", "saderf"}, default="positive"
-        The paper's SM+ (m columns) or SM-hyp+ (2m columns) estimator, FAVOR++ or SADERF.
+    estimator : {"positive", "hyperbolic", "optimal", "saderf", "optimal_hyperbolic"}, \
+            default="positive"
+        The paper's SM+ (m columns) or SM-hyp+ (2m columns) estimator, FAVOR++, SADERF or
+        FAVOR++ in antithetic pairs (:mod:`favorkit.maps`).
     projection : {"orthogonal", "iid", "gaussian", "structured", "qmc", "simplex"} or array \
             of shape (n_components, n_features), default="orthogonal"
         How the rows ω_i are drawn (see :mod:`favorkit.sampling`), or a fixed matrix.
@@ -259,7 +263,7 @@ class PositiveRandomFeatures(_RandomFeatures):
         The drawn projection rows ω_i (float64, before the kernel scale c).
     gerf_a_ : float
         The GERF parameter A (0 for ``"positive"`` and ``"hyperbolic"``, ``A* <= 0`` fitted
-        for ``"optimal"`` and ``"saderf"``).
+        for ``"optimal"``, ``"saderf"`` and ``"optimal_hyperbolic"``).
     query_scale_ : ndarray of shape (n_features_in_,)
         SADERF's diagonal Ψ (ones for the other estimators); keys are divided by it.
     n_features_in_ : int

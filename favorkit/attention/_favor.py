@@ -96,24 +96,25 @@ def favor_attention(
     unstable ``[cos, sin]`` baseline), ``"optimal"`` (FAVOR++, optimal positive random
     features: ``exp(A|ω|² + Bω·x - |x|²/2)`` with ``B = sqrt(1 - 4A)`` and ``A <= 0``
     minimizing the variance for this sequence's queries and keys; Likhosherstov et al.
-    2022) and ``"saderf"`` (queries times a diagonal ``Ψ``, keys times ``Ψ⁻¹``, then
-    FAVOR++; Likhosherstov et al. 2023). FAVOR++ and SADERF fit ``A`` (and ``Ψ``) per
-    call, per sequence and head, from that head's scaled queries and unpadded keys (O(L d),
-    as the official ``expplus``); they are bidirectional only here, because statistics
-    over the whole sequence would let future keys change earlier outputs: causal
-    FAVOR++/SADERF takes its parameters from :meth:`FavorAttention.fit`. The maps are
-    those of :mod:`favorkit.maps`.
+    2022) and ``"saderf"`` (queries times a diagonal ``Ψ``, keys times ``Ψ⁻¹``, then FAVOR++;
+    Likhosherstov et al. 2023); ``"optimal_hyperbolic"`` pairs FAVOR++'s features
+    antithetically as ``"hyperbolic"`` pairs FAVOR+'s. These fitted maps fit ``A`` (and
+    ``Ψ``) per call, per sequence and head, from that head's scaled queries and unpadded
+    keys (O(L d), as the official ``expplus``); they are bidirectional only here, because
+    statistics over the whole sequence would let future keys change earlier outputs: causal
+    FAVOR++/SADERF takes its parameters from :meth:`FavorAttention.fit`. The maps are those
+    of :mod:`favorkit.maps`.
 
     Generalized attention (Eq. 5 with any f) replaces the estimator by a deterministic
     ``activation``: ``"relu"``, ``"elu"`` (elu + 1), ``"exp"``, ``"abs"`` or a callable
     ``f`` give ``φ(x) = f(W x̃) + activation_epsilon`` (or ``f(x̃) + activation_epsilon``
     with ``projection=None``); it approximates no kernel, softmax included.
 
-    Numerics. The positive estimators (``"positive"``, ``"hyperbolic"``, ``"optimal"``,
-    ``"saderf"``) are computed in log space with one reference per feature column, so for
-    any finite input every output row that sees a key is finite and inside the range of
-    the value rows it sees (up to rounding): no row underflows to 0, however large the
-    logits, and values up to the dtype's largest number are scaled by exact powers of two.
+    Numerics. The positive estimators (all but ``"trig"``) are computed in log space with one
+    reference per feature column, so for any finite input every output row that sees a key
+    is finite and inside the range of the value rows it sees (up to rounding): no row
+    underflows to 0, however large the logits, and values up to the dtype's largest number
+    are scaled by exact powers of two.
     The only errors are inputs whose projections ``W·x̃`` overflow the dtype or whose
     squared norms overflow float64. Signed features (``"trig"``, activations) can
     make a row's normalizer ``<= 0``; such rows, and rows whose output is not finite, are
@@ -131,9 +132,10 @@ def favor_attention(
         Number of random projections m (ignored when ``projection`` is an array).
     kernel : {"softmax"}, default="softmax"
         The kernel the features estimate: ``exp(scale q·k)``.
-    estimator : {"positive", "hyperbolic", "trig", "optimal", "saderf"}, default="positive"
-        The random-feature map (:mod:`favorkit.maps`). ``"optimal"`` and ``"saderf"`` need
-        ``causal=False`` (see above).
+    estimator : {"positive", "hyperbolic", "trig", "optimal", "saderf", \
+            "optimal_hyperbolic"}, default="positive"
+        The random-feature map (:mod:`favorkit.maps`). The fitted maps (``"optimal"``,
+        ``"saderf"``, ``"optimal_hyperbolic"``) need ``causal=False`` (see above).
     activation : {"relu", "elu", "exp", "abs"}, callable or None, default=None
         Generalized attention with this deterministic activation instead of an estimator
         of the kernel.
@@ -212,16 +214,18 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     Parameters
     ----------
     n_components : int, default=256
-        Number of random projections m (``"hyperbolic"`` and ``"trig"`` use 2m features).
+        Number of random projections m (the antithetic maps and ``"trig"`` use 2m
+        features).
     kernel : {"softmax"}, default="softmax"
         The kernel the features estimate: ``exp(scale q·k)``.
-    estimator : {"positive", "hyperbolic", "trig", "optimal", "saderf"}, default="positive"
+    estimator : {"positive", "hyperbolic", "trig", "optimal", "saderf", \
+            "optimal_hyperbolic"}, default="positive"
         The random-feature map (:mod:`favorkit.maps`): FAVOR+ (default), its antithetic
-        (lower-variance) pair, the unstable trigonometric baseline, FAVOR++ (``"optimal"``)
-        or SADERF. FAVOR++ and SADERF fit their parameters per call, per sequence and head,
-        in bidirectional attention, and use ``causal_gerf_a_`` / ``causal_query_scale_``
-        (fitted in :meth:`fit`) in causal attention, where per-call statistics would leak
-        the future.
+        (lower-variance) pair, the unstable trigonometric baseline, FAVOR++ (``"optimal"``),
+        SADERF, or FAVOR++ in antithetic pairs. The fitted maps fit their parameters per call, per
+        sequence and head, in bidirectional attention, and use ``causal_gerf_a_`` /
+        ``causal_query_scale_`` (fitted in :meth:`fit`) in causal attention, where per-call
+        statistics would leak the future.
     activation : {"relu", "elu", "exp", "abs"}, callable or None, default=None
         The paper's generalized attention ``φ(x) = f(W x̃) + activation_epsilon`` (Eq. 5)
         with this deterministic activation, instead of an estimator of the kernel.
@@ -327,13 +331,14 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def fit(self, X, y=None, *, keys=None):
         """Draw the projection and, for causal FAVOR++/SADERF, fit ``A`` (and ``Ψ``).
 
-        For the maps without fitted parameters, and for activations, only ``d = X.shape[-1]``
-        is used. For ``"optimal"`` and ``"saderf"`` the rows of X (all leading axes pooled)
-        are the queries and those of ``keys`` (default X) the keys from which
-        ``causal_gerf_a_`` and ``causal_query_scale_`` are fitted (the map's own fit, as in
-        :func:`favor_attention`); causal attention uses them, because per-call statistics
-        over a sequence would let future positions change earlier outputs. Bidirectional
-        attention ignores them and fits its own per call, per sequence and head.
+        For the maps without fitted parameters, and for activations, only ``d = X.shape[-1]`` is
+        used. For the fitted maps (``"optimal"``, ``"saderf"``, ``"optimal_hyperbolic"``)
+        the rows of X (all leading axes pooled) are the queries and those of ``keys``
+        (default X) the keys from which ``causal_gerf_a_`` and ``causal_query_scale_`` are
+        fitted (the map's own fit, as in :func:`favor_attention`); causal attention uses
+        them, because per-call statistics over a sequence would let future positions change
+        earlier outputs. Bidirectional attention ignores them and fits its own per call, per
+        sequence and head.
 
         Parameters
         ----------

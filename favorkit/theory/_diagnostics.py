@@ -220,9 +220,10 @@ def expected_error(
 
     * ``V_ij``: the one-projection relVar at ``z_ij = |u_i + v_j|²``: ``e^z - 1`` (positive),
       ``cosh z - 1`` (hyperbolic), or the GERF form with the same ``A*`` (and, for
-      SADERF, the same Ψ: ``u = Ψ q``, ``v = Ψ^{-1} k``) that ``fit`` computes;
+      SADERF, the same Ψ: ``u = Ψ q``, ``v = Ψ^{-1} k``) that ``fit`` computes (each map's
+      ``relative_variance``, :mod:`favorkit.maps`);
     * ``C_ij``: the covariance of two projections of one block, :func:`pair_covariance` at
-      cosine 0 (orthogonal) or ``-1/(d-1)`` (simplex), symmetrised for the hyperbolic map;
+      cosine 0 (orthogonal) or ``-1/(d-1)`` (simplex), symmetrised for the antithetic maps;
     * ``P``: ordered pairs of rows in the same block. For ``m > d`` the projection has
       ``floor(m/d)`` independent blocks plus a truncated one; rows of different blocks are
       independent, so the covariance term counts pairs inside a block only:
@@ -238,8 +239,9 @@ def expected_error(
     K : array-like of shape (n_keys, d)
         Keys (the ``keys=`` of ``fit``; pass ``Q`` again for a Gram matrix).
     n_components : int
-        Number of random projections m (``hyperbolic`` outputs 2m features).
-    estimator : {"positive", "hyperbolic", "optimal", "saderf"}, default="positive"
+        Number of random projections m (the antithetic maps output 2m features).
+    estimator : {"positive", "hyperbolic", "optimal", "saderf", "optimal_hyperbolic"}, \
+            default="positive"
     projection : {"orthogonal", "iid", "simplex"}, default="orthogonal"
         The coupling (``"gaussian"`` is accepted as an alias of ``"iid"``). Structured, QMC
         and user-supplied projections have no closed form and raise.
