@@ -7,6 +7,7 @@ the error can be predicted from the queries and keys alone, without a single dra
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,7 +16,7 @@ from scipy import interpolate
 from favorkit import maps
 from favorkit.maps import MapParams, Moments
 from favorkit.theory._checks import projection_count
-from favorkit.theory._gerf import COUPLINGS, coupling_cosine, cov_series, pair_count
+from favorkit.theory._gerf import COUPLINGS, coupling_cosine, log_moment_series, pair_count
 
 __all__ = ["ExpectedError", "expected_error", "features_needed"]
 
@@ -118,33 +119,67 @@ class ExpectedError:
 
         Returns
         -------
-        int
+        int or float
+            The smallest m; past ``2**62`` projections (no such m is of use) the
+            whole-block estimate ``max(V, V + (d-1) C) / target`` as a float, ``inf`` when
+            the predicted error is infinite.
         """
         return _smallest_m(self, target)
 
 
 def _smallest_m(err, target):
+    """The smallest m with ``err.relative_mse(m) <= target``: an int, or beyond ``2**62``
+    projections the whole-block estimate as a float (``inf`` when the error is unbounded)."""
+    if isinstance(target, bool) or not isinstance(target, (int, float, np.number)):
+        raise ValueError(f"target must be > 0 (a number), got {target!r}.")
     target = float(target)
-    if not target > 0:
-        raise ValueError(f"target must be > 0, got {target!r}.")
+    if not target > 0 or not np.isfinite(target):
+        raise ValueError(f"target must be > 0 and finite, got {target!r}.")
     v, c, d = err.mean_single_variance, err.mean_pair_covariance, err.n_features
     if v <= 0:
         return 1
-    if err.projection == "iid" or d == 1:
-        return max(1, int(np.ceil(v / target * (1 - 1e-12))))
+    if not np.isfinite(v):
+        return math.inf
     # For m = n d (whole blocks) relMSE = (v + (d-1)c)/m exactly; a partial last block of r
     # rows adds c r(r-d)/m², of the sign of -c. So the answer lies between the two
-    # straight-line crossings below (scanned exactly, in chunks).
-    slopes = np.array([v, v + (d - 1) * c])
-    lo = max(1, int(np.floor(min(slopes.min(), v) / target)) - d)
-    hi = int(np.ceil(max(slopes.max(), v) / target / d)) * d + d
+    # straight-line crossings below (scanned exactly, in chunks). Bounds are computed in
+    # floating point: past 2**62 projections no answer is representable, and none useful.
+    slope = max(v, v + (d - 1) * c) if err.projection != "iid" and d > 1 else v
+    hi = np.ceil(slope / target / d) * d + d
+    if not hi < _M_LIMIT:
+        return float(slope / target)
+    if err.projection == "iid" or d == 1:
+        # relMSE = v/m: the ceiling, then the rounding of v/m itself settled by checking.
+        m = max(1, int(np.ceil(v / target)))
+        while m > 1 and err.relative_mse(m - 1) <= target:
+            m -= 1
+        while err.relative_mse(m) > target:
+            m += 1
+        return m
+    low_slope = min(v, v + (d - 1) * c)
+    lo = max(1, int(np.floor(low_slope / target)) - d)
+    hi = int(hi)
     lo = min(lo, hi)
+    if hi - lo > 1 << 22:
+        # A tiny target: find the first whole block that meets it by bisection (the
+        # whole-block line is decreasing in m), then scan the block before it.
+        n_lo, n_hi = 1, hi // d
+        while n_lo < n_hi:
+            mid = (n_lo + n_hi) // 2
+            if err.relative_mse(mid * d) <= target:
+                n_hi = mid
+            else:
+                n_lo = mid + 1
+        lo, hi = max(1, (n_lo - 1) * d + 1), n_lo * d
     for start in range(lo, hi + 1, 1 << 20):
-        ms = np.arange(start, min(hi, start + (1 << 20) - 1) + 1)
+        ms = np.arange(start, min(hi, start + (1 << 20) - 1) + 1, dtype=np.int64)
         ok = np.nonzero(err.relative_mse(ms) <= target)[0]
         if ok.size:
             return int(ms[ok[0]])
     return int(hi)
+
+
+_M_LIMIT = 2.0**62
 
 
 def _prepare(Q, K, estimator, kernel, gamma):
@@ -188,17 +223,18 @@ def _cov_function(z_min, z_max, d, coupling, antithetic, n_pairs):
     if c is None:
         return lambda z: np.zeros_like(z)
 
-    def exact(z):
+    def log_moment(z):  # log(1 + C): finite even where C rounds to -1 (large z)
         z = z.ravel()
         if antithetic:
-            return 0.5 * (cov_series(z, d, c) + cov_series(z, d, -c))
-        return cov_series(z, d, c)
+            both = np.logaddexp(log_moment_series(z, d, c), log_moment_series(z, d, -c))
+            return both - np.log(2.0)
+        return log_moment_series(z, d, c)
 
     if n_pairs <= _EXACT_PAIRS or z_max <= z_min:
-        return lambda z: exact(z).reshape(z.shape)
+        return lambda z: np.expm1(log_moment(z)).reshape(z.shape)
     grid = np.linspace(z_min, z_max, _SPLINE_NODES)
     # log(1 + C) is smooth and O(z): a cubic spline of it is accurate to ~1e-10 here.
-    spline = interpolate.CubicSpline(grid, np.log1p(exact(grid)))
+    spline = interpolate.CubicSpline(grid, log_moment(grid))
     return lambda z: np.expm1(spline(z))
 
 
@@ -302,7 +338,8 @@ def expected_error(
     for rows in blocks:
         z = _pair_z(U, V, rows)
         log1p_v = fmap.log1p_relative_variance(z, d, a)
-        v = np.expm1(log1p_v)
+        with np.errstate(over="ignore"):  # an infinite variance is the honest answer
+            v = np.expm1(log1p_v)
         cov = cov_of(z)
         rel = v / m + pairs / m**2 * cov
         sums += (v.sum(), cov.sum(), log1p_v.sum())
@@ -355,7 +392,9 @@ def features_needed(
 
     Returns
     -------
-    int
+    int or float
+        As :meth:`ExpectedError.features_needed`: a float only past ``2**62``
+        projections, ``inf`` where the predicted error is infinite.
 
     Examples
     --------

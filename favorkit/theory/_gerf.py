@@ -49,6 +49,7 @@ __all__ = [
     "coupling_cosine",
     "cov_series",
     "gerf_relative_variance",
+    "log_moment_series",
     "log_sphere_mgf",
     "pair_count",
     "pair_covariance",
@@ -163,8 +164,9 @@ def coupling_cosine(coupling, d):
     return c
 
 
-def _log_angular_moments(k_max, c, d):
-    """``log E[(1 + c sin φ)^k]``, k = 0..k_max, φ with density ∝ sin^{d-1} φ on [0, π].
+def _log_angular_moments(k, c, d):
+    """``log E[(1 + c sin φ)^k]`` for the integers ``k``, φ with density ∝ sin^{d-1} φ on
+    [0, π].
 
     Gauss–Legendre on [0, π/2] (the density is symmetric about π/2); its nodes cluster at
     π/2, where the density concentrates for large d. Normalised by the same rule, so k = 0
@@ -174,41 +176,105 @@ def _log_angular_moments(k_max, c, d):
     phi = 0.25 * np.pi * (x + 1.0)
     sin = np.sin(phi)
     log_w = np.log(w) + (d - 1) * np.log(sin)
-    k = np.arange(k_max + 1)[:, None]
+    k = np.asarray(k, dtype=np.float64)[:, None]
     return special.logsumexp(log_w + k * np.log1p(c * sin), axis=1) - special.logsumexp(log_w)
 
 
-def cov_series(z, d, c):
-    """Cov(c) for an array of z by the positive series (module docstring)."""
-    z = np.atleast_1d(z).astype(np.float64)
+def _series_peak(z, d):
+    """Where the terms ``(z/2)^k (d)_k / ((d/2)_k k!)`` peak: the root of
+    ``(z/2)(d + k) = (d/2 + k)(k + 1)`` (their ratio is 1 there and decreases in k)."""
+    b = 0.5 * d + 1.0 - 0.5 * z
+    return np.maximum(0.0, 0.5 * (-b + np.sqrt(b * b - 2.0 * d * (1.0 - z))))
+
+
+# Terms of the series for one z are taken in a window around their peak (the log-terms are
+# concave in k with curvature at least 1/(k+1), so 40 standard deviations leave out less
+# than e^-800 of the sum); z values are grouped so that a block of terms stays below
+# _SERIES_BLOCK numbers, whatever z is.
+_SERIES_BLOCK = 1 << 22
+
+
+def log_moment_series(z, d, c):
+    """``log(1 + Cov(c))`` for an array of z by the positive series (module docstring).
+
+    Memory is bounded for any z (a window of ``O(sqrt z)`` terms around the peak, in blocks)
+    and the log is returned directly, so ``1 + Cov`` may be far below the smallest float
+    (``Cov -> -1`` like ``e^{-z/2}`` for large z at ``c = 0``) without losing it.
+    """
+    z = np.atleast_1d(np.asarray(z, dtype=np.float64))
     out = np.zeros_like(z)
-    pos = z > 0
-    if not pos.any():
+    pos = np.flatnonzero(z > 0)
+    if not pos.size:
         return out
-    zp = z[pos]
-    # Terms decay at least geometrically (ratio <= 1/2) once k >= 2z(1+|c|); 64 more terms
-    # make the tail < 2^-64 of a term that is itself below the peak.
-    k_max = int(np.ceil(2.0 * zp.max() * (1.0 + abs(c)))) + 64
-    k = np.arange(k_max + 1)
-    log_coef = (
-        special.gammaln(d + k)
+    order = pos[np.argsort(z[pos])]
+    lo_peak = _series_peak(z[order] * (1.0 - abs(c)), d)
+    hi_peak = _series_peak(z[order] * (1.0 + abs(c)), d)
+    k_lo = np.maximum(0, np.floor(lo_peak - 40.0 * np.sqrt(lo_peak + 1.0) - 64)).astype(np.int64)
+    k_hi = np.ceil(hi_peak + 40.0 * np.sqrt(hi_peak + 1.0) + 64).astype(np.int64)
+    wide = (k_hi - k_lo) > _SERIES_COARSE
+    for row in order[wide]:  # a wide bracket (|c| near 1): find the peak on a coarse grid
+        out[row] = _log_moment_wide(z[row], d, c, k_lo[order == row][0], k_hi[order == row][0])
+    keep = ~wide
+    order, k_lo, k_hi = order[keep], k_lo[keep], k_hi[keep]
+    start = 0
+    while start < order.size:
+        stop = start + 1
+        while (
+            stop < order.size
+            and (stop - start + 1) * (k_hi[stop] - k_lo[start] + 1) <= _SERIES_BLOCK
+        ):
+            stop += 1
+        rows = order[start:stop]
+        k = np.arange(k_lo[start], k_hi[stop - 1] + 1)
+        log_coef = (
+            special.gammaln(d + k)
+            - special.gammaln(d)
+            - special.gammaln(0.5 * d + k)
+            + special.gammaln(0.5 * d)
+            - special.gammaln(k + 1.0)
+            + (_log_angular_moments(k, c, d) if c else 0.0)
+        )
+        zr = z[rows]
+        terms = np.log(0.5 * zr)[:, None] * k[None, :] + log_coef[None, :]
+        out[rows] = special.logsumexp(terms, axis=1) - zr
+        start = stop
+    return out
+
+
+def _log_terms(k, z, d, c):
+    """The log-terms of the series at the integers ``k`` for one z."""
+    k = np.asarray(k, dtype=np.float64)
+    return (
+        k * np.log(0.5 * z)
+        + special.gammaln(d + k)
         - special.gammaln(d)
         - special.gammaln(0.5 * d + k)
         + special.gammaln(0.5 * d)
         - special.gammaln(k + 1.0)
-        + _log_angular_moments(k_max, c, d)
+        + (_log_angular_moments(k, c, d) if c else 0.0)
     )
-    out[pos] = _cov_series_matrix(zp, k, log_coef)
-    return out
 
 
-def _cov_series_matrix(zp, k, log_coef, chunk=512):
-    res = np.empty_like(zp)
-    for s in range(0, zp.size, chunk):
-        zc = zp[s : s + chunk]
-        terms = np.log(0.5 * zc)[:, None] * k[None, :] + log_coef[None, :]
-        res[s : s + chunk] = np.expm1(special.logsumexp(terms, axis=1) - zc)
-    return res
+_SERIES_COARSE = 1 << 14
+
+
+def _log_moment_wide(z, d, c, k_lo, k_hi):
+    """One z whose peak bracket is wide: locate the peak of the (unimodal) log-terms on a
+    coarse grid, refine, and sum a window of 40 standard deviations around it."""
+    lo, hi = int(k_lo), int(k_hi)
+    while hi - lo > 64:
+        grid = np.unique(np.linspace(lo, hi, 65).astype(np.int64))
+        top = int(np.argmax(_log_terms(grid, z, d, c)))
+        lo, hi = int(grid[max(top - 1, 0)]), int(grid[min(top + 1, grid.size - 1)])
+    peak = 0.5 * (lo + hi)
+    half = 40.0 * np.sqrt(peak + 1.0) + 64
+    k = np.arange(max(0, int(peak - half)), int(peak + half) + 1)
+    return float(special.logsumexp(_log_terms(k, z, d, c)) - z)
+
+
+def cov_series(z, d, c):
+    """Cov(c) for an array of z by the positive series (module docstring)."""
+    return np.expm1(log_moment_series(z, d, c))
 
 
 def _cov_quadrature(z, d, c, n_nodes=160):
