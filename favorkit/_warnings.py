@@ -8,7 +8,7 @@ import warnings
 
 import sklearn
 
-__all__ = ["NumericalWarning", "warn"]
+__all__ = ["AccuracyWarning", "NumericalWarning", "warn"]
 
 
 class NumericalWarning(UserWarning):
@@ -31,6 +31,33 @@ class NumericalWarning(UserWarning):
     ...     out = favor_attention(Q, K, V, n_components=4, estimator="trig", random_state=0)
     >>> caught[0].category.__name__, "set to 0" in str(caught[0].message)
     ('NumericalWarning', True)
+    """
+
+
+class AccuracyWarning(UserWarning):
+    """The approximation at this number of features is mostly noise.
+
+    Raised by FAVOR attention (:func:`~favorkit.favor_attention`,
+    :meth:`FavorAttention.attend <favorkit.FavorAttention.attend>`) when the closed-form
+    prediction on a few of the call's query rows (:func:`favorkit.accuracy.
+    predict_attention_error` with iid couplings, which orthogonal ones improve by at most a
+    small factor) gives a relative error of at least 1 — as far from exact attention as an
+    output of zeros — or heavy tails with a relative error of at least 0.5; and by
+    :class:`~favorkit.PositiveRandomFeatures` ``transform`` when the median predicted
+    relative MSE of the kernel estimates between the transformed rows is at least 1. It
+    names the m that would help and the alternatives. Filter it like any warning.
+
+    Examples
+    --------
+    >>> import warnings
+    >>> import numpy as np
+    >>> from favorkit import AccuracyWarning, favor_attention
+    >>> Q, K, V = np.random.default_rng(0).normal(size=(3, 512, 64))  # |q|²/sqrt(d) = 8
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always", AccuracyWarning)
+    ...     out = favor_attention(Q, K, V, n_components=64, random_state=0)
+    >>> caught[0].category.__name__
+    'AccuracyWarning'
     """
 
 

@@ -39,11 +39,14 @@ from favorkit._validation import (
     check_is_fitted,
     validate_data,
 )
+from favorkit._warnings import AccuracyWarning, warn
 from favorkit.maps import MapParams, Moments
 
 __all__ = ["OrthogonalRFF", "PositiveRandomFeatures"]
 
 _KERNELS = ("softmax", "gaussian")
+# The accuracy check runs on transforms of at least this many feature entries (n m).
+_CHECK_MIN_WORK = 1 << 20
 # OrthogonalRFF's feature layouts and the maps that produce them.
 _LAYOUTS = {"cossin": "trig", "cos": "cos"}
 
@@ -393,7 +396,41 @@ class PositiveRandomFeatures(_RandomFeatures):
         with np.errstate(over="ignore", under="ignore", invalid="ignore"):
             map_row_blocks(plan.block, X.shape[0])
         plan.check()
+        self._warn_if_noise(X)
         return plan.out
+
+    def _warn_if_noise(self, X):
+        """An :class:`~favorkit.AccuracyWarning` when the median kernel estimate between the
+        rows of X is mostly noise: its predicted relative MSE (one projection's closed-form
+        relative variance over m, iid) is at least 1, on up to 32 rows (O(32² d), run only
+        for transforms of at least 2**20 feature entries, where that is under 1 %)."""
+        n, d = X.shape
+        m = self.n_components
+        if n * m < _CHECK_MIN_WORK:
+            return
+        rows = np.random.default_rng(0).choice(n, size=min(n, 32), replace=False)
+        R = X[rows]
+        R = np.asarray(R.todense() if sp.issparse(R) else R, dtype=np.float64)
+        c = np.sqrt(self._input_scale_sq())
+        U, K = R * (c * self.query_scale_), R * (c / self.query_scale_)
+        z = np.maximum((U * U).sum(1)[:, None] + (K * K).sum(1)[None, :] + 2.0 * U @ K.T, 0.0)
+        with np.errstate(over="ignore"):
+            rel_mse = float(np.median(self._map().relative_variance(z, d, self.gerf_a_))) / m
+        if rel_mse < 1.0:
+            return
+        better = "" if self._map().fitted else (
+            ", or estimator='optimal' (FAVOR++), whose variance grows far slower with |x|"
+        )  # fmt: skip
+        warn(
+            f"PositiveRandomFeatures with n_components={m} is mostly noise on these rows: the "
+            f"median kernel estimate between them has a predicted relative error of "
+            f"{np.sqrt(rel_mse):.2g} (its relative variance grows like exp(|u + v|²), "
+            f"u = {np.sqrt(self._input_scale_sq()):.3g} x). About n_components="
+            f"{rel_mse * m / 0.25:.2g} would bring it to 0.5; other remedies: standardize X "
+            f"or lower gamma{better}. favorkit.theory.expected_error predicts the error on "
+            "your data.",
+            AccuracyWarning,
+        )
 
 
 class _PositivePlan:

@@ -39,9 +39,10 @@ What a map offers its users:
   weights of a per-row constant (:class:`LogFeatures`), which each user evaluates in its
   own precision and blocking;
 * the variance hooks of the closed forms: ``relative_variance`` and
-  ``log1p_relative_variance`` of one projection at ``z = |u + v|²``, ``antithetic`` (its
-  pair covariance is symmetrised), ``term_moment`` (raw moments of one iid term) and
-  ``per_projection`` (per-projection estimates from features).
+  ``log1p_relative_variance`` of one projection at ``z = |u + v|²``, ``second_moment``
+  (the covariance of two entries that share a query, which attention's error needs),
+  ``antithetic`` (its pair covariance is symmetrised), ``term_moment`` (raw moments of
+  one iid term) and ``per_projection`` (per-projection estimates from features).
 
 How to add a map: subclass :class:`ExponentialMap` (or :class:`FeatureMap`), give it a
 ``name`` and ``blocks``, implement the methods above that apply, and register an instance
@@ -72,6 +73,7 @@ __all__ = [
     "MapParams",
     "Moments",
     "PositiveMap",
+    "SecondMoment",
     "TrigMap",
     "get",
     "input_scale_sq",
@@ -261,6 +263,38 @@ class LogFeatures:
     antithetic: bool
 
 
+@dataclass(frozen=True)
+class SecondMoment:
+    """The second moment of one projection's estimates at two pairs that share a query.
+
+    With ``T(a) = K̂_1(q, k) / K(q, k)`` the one-projection estimate of a kernel entry
+    relative to the entry, and pair vectors ``a = u + v`` (``a = u - v`` where
+    ``pair_sign = -1``: the trigonometric map), for one projection ``ω ~ N(0, I_d)``
+
+    ``log E[T(a_1) T(a_2)] = log_const + alpha (|a_1|² + |a_2|²)
+    + log mean_{σ in signs} exp(σ gamma a_1·a_2)``.
+
+    At ``a_1 = a_2`` it is ``1 + relVar``; between different keys it is what the error of a
+    weighted sum of entries (an attention output) needs. Derived from
+    ``E e^{ω·s + A'|ω|²} = (1 - 2A')^{-d/2} e^{|s|²/(2(1 - 2A'))}`` (and its
+    ``s -> i s`` form for the trigonometric map).
+
+    Attributes
+    ----------
+    log_const, alpha, gamma : float
+    signs : tuple of int
+        ``(1,)``, or ``(1, -1)`` for the maps that pair ``±ω`` (and for ``cos``).
+    pair_sign : int
+        ``+1``: ``a = u + v``; ``-1``: ``a = u - v``.
+    """
+
+    log_const: float
+    alpha: float
+    gamma: float
+    signs: tuple
+    pair_sign: int
+
+
 # --------------------------------------------------------------------------------------
 # the maps
 
@@ -301,6 +335,10 @@ class FeatureMap:
         of the softmax kernel's estimate at the pairs ``(x, y)``; the closed forms exist for
         maps whose parameters do not depend on the data."""
         raise NotImplementedError(f"no closed-form term moments for the map {self.name!r}")
+
+    def second_moment(self, d, a=0.0):
+        """:class:`SecondMoment` of one projection's estimates (GERF parameter ``a``)."""
+        raise NotImplementedError(f"no closed-form second moment for the map {self.name!r}")
 
     def per_projection(self, Fx, Fy):
         """Per-projection kernel estimates ``S[i, k]`` of ``K(x_i, y_i)`` from the features
@@ -354,6 +392,19 @@ class ExponentialMap(FeatureMap):
     def relative_variance(self, z, d, a=0.0):
         """Variance of one projection's estimate over the kernel squared, at ``z``."""
         return np.expm1(self.log1p_relative_variance(z, d, a))
+
+    def second_moment(self, d, a=0.0):
+        """GERF (Likhosherstov et al. 2022): ``E[T(a_1)T(a_2)] = (1-4A)^d (1-8A)^{-d/2}
+        exp(γ|a_1 + a_2|²/2 - (|a_1|² + |a_2|²)/2)`` with ``γ = (1-4A)/(1-8A)``; ``A = 0``
+        gives FAVOR+'s ``e^{a_1·a_2}``, an antithetic map the mean over ``±a_2``."""
+        gamma = (1.0 - 4.0 * a) / (1.0 - 8.0 * a)
+        return SecondMoment(
+            log_const=0.5 * d * (2.0 * np.log1p(-4.0 * a) - np.log1p(-8.0 * a)),
+            alpha=0.5 * (gamma - 1.0),
+            gamma=gamma,
+            signs=(1, -1) if self.antithetic else (1,),
+            pair_sign=1,
+        )
 
 
 class PositiveMap(ExponentialMap):
@@ -492,6 +543,11 @@ class TrigMap(FeatureMap):
             out *= np.exp(log_scale).astype(out.dtype)[:, None]
         else:
             cos_sin_rows(z, log_scale, out)
+
+    def second_moment(self, d, a=0.0):
+        """``E[T(a_1)T(a_2)] = cosh(a_1·a_2)`` with ``a = u - v`` and ``T = e^{|a|²/2}
+        cos(ω·a)`` (so ``relVar = cosh z - 1``, Lemma 2)."""
+        return SecondMoment(log_const=0.0, alpha=0.0, gamma=1.0, signs=(1, -1), pair_sign=-1)
 
     def term_moment(self, x, y, j):
         """``T = e^{(|x|²+|y|²)/2} cos(ω·(x-y))``: binomial expansion of ``cos^j``."""

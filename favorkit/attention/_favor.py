@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
 from favorkit import maps, sampling
 from favorkit._validation import _fit_context, check_is_fitted, validate_data, validate_params
-from favorkit._warnings import warn
+from favorkit._warnings import AccuracyWarning, warn
+from favorkit.attention._accuracy import quick_noise_ratio
 from favorkit.attention._engine import (
     PositiveFeatures,
     SignedFeatures,
@@ -44,6 +47,39 @@ def _warn_nonpositive(n_bad, n_rows, fmap):
         )
 
 
+# The accuracy check runs in calls of at least this many feature entries (N L m), where its
+# fixed cost (a few hundred microseconds) is at most a few percent of the call.
+_CHECK_MIN_WORK = 1 << 22
+
+
+def _warn_if_noise(Qf, Kf, Vf, mask, causal, scale, fmap, m, fitted):
+    """An :class:`~favorkit.AccuracyWarning` when the rough closed-form prediction on a few
+    rows says the output is mostly noise (thresholds in the warning's docstring)."""
+    n_seq, L, _ = Qf.shape
+    if n_seq * L * m < _CHECK_MIN_WORK:
+        return
+    ratio, heavy, needed = quick_noise_ratio(
+        Qf, Kf, Vf, mask, causal, math.sqrt(scale), fmap, m,
+        fitted if (causal and fmap.fitted) else None,
+    )  # fmt: skip
+    if not (ratio >= 1.0 or (heavy and ratio >= 0.5)):
+        return
+    better = "" if fmap.fitted else (
+        ", FAVOR++ (estimator='optimal') or SADERF (estimator='saderf'), whose variance "
+        "grows far slower with |q|, |k|"
+    )  # fmt: skip
+    tails = "; heavy-tailed: a typical draw does better, but any one draw is mostly noise"
+    warn(
+        f"FAVOR attention with m={m} is mostly noise here: the predicted error of an output "
+        f"row is {ratio:.2g} times the spread of the values it averages"
+        f"{tails if heavy else ''}. About m={needed:.2g} projections would bring it to half "
+        "the spread; other remedies: smaller query and key norms (a lower scale; the "
+        f"variance grows like exp(|q̃ + k̃|²)){better}, or exact softmax_attention. "
+        "favorkit.accuracy predicts and measures the error.",
+        AccuracyWarning,
+    )
+
+
 def _attend(
     Q, K, V, projection, *, fmap, causal, scale, key_padding_mask, activation_epsilon,
     fitted_gerf=None,
@@ -52,6 +88,8 @@ def _attend(
     scale = resolve_scale(scale, Qf.shape[2])
     tuning = current_tuning()
     with np.errstate(under="ignore"):
+        if fmap.attention_estimator and projection is not None:
+            _warn_if_noise(Qf, Kf, Vf, mask, causal, scale, fmap, projection.shape[0], fitted_gerf)
         if fmap.exponential:
             features = PositiveFeatures(fmap, projection, scale, dtype)
             set_gerf_parameters(features, Qf, Kf, mask, causal, fitted_gerf)

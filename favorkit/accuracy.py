@@ -1,0 +1,182 @@
+"""How far will FAVOR attention be from exact attention? Predicted and measured error.
+
+Two functions answer it for your own queries, keys and values, for every estimator of
+the softmax kernel and every projection, causal or not, with a key padding mask:
+
+* :func:`predict_attention_error` — from the closed forms, without a single draw;
+* :func:`measure_attention_error` — against :func:`~favorkit.softmax_attention`, over
+  redraws of the projection.
+
+Both look at a sample of query rows (all rows when there are few) and return an
+:class:`AttentionError`: the relative Frobenius error ``‖Ŷ - Y‖ / ‖Y‖`` over those rows
+(the root of its expectation), the mean squared error per output entry, and whether the
+expectation is carried by heavy tails, so that no feasible number of redraws would observe
+it. A prediction also gives the error at any other m and the m needed for a target error.
+
+**The prediction.** A FAVOR output row is ``ŷ = Σ_j K̂_j v_j / Σ_j K̂_j`` with unbiased
+estimates ``K̂_j`` of the kernel entries ``K_j = exp(q̃·k̃_j)``. To first order in their
+relative errors ``δ_j = K̂_j / K_j - 1`` (the delta method),
+``ŷ - y = Σ_j p_j δ_j (v_j - y)`` with ``p_j`` the exact attention weights, so
+
+``E‖ŷ - y‖² = Σ_{j,l} p_j p_l (v_j - y)·(v_l - y) Cov(δ_j, δ_l)``,
+``Cov(δ_j, δ_l) = ρ_jl / m + (P(m) / m²) χ_jl``.
+
+``ρ_jl`` is the covariance of one projection's estimates of two entries that share the
+query, in closed form for every positive map and the trigonometric one
+(:meth:`favorkit.maps.FeatureMap.second_moment`: ``e^{a_j·a_l} - 1`` for FAVOR+ with
+``a = u + v``, Choromanski et al. 2021, Lemma 2; the GERF form of Likhosherstov et al. 2022
+for FAVOR++ and SADERF; ``cosh`` for the antithetic maps and for ``[cos, sin]``). ``χ_jl`` is
+the covariance between two projections of one orthogonal (or simplex) block, ``P(m)`` the
+number of ordered pairs of rows sharing a block: exact on the diagonal ``j = l``
+(:func:`favorkit.theory.pair_covariance`), and between different keys the same value
+carried to the pair's geometry to second order in the cosines (exact at ``a_j = a_l``).
+
+The double sum over keys is split so that nothing of size L x L is formed: the parts that
+factorize over keys (all of ``ρ`` but ``e^{γ k̃_j·k̃_l} - 1``) are summed exactly, and the
+rest — key-key interactions, small unless keys are close — by importance sampling of key
+pairs with a fixed seed; its standard error is part of the result. Cost: O(n_queries L
+(d + d_v)), about one attention call at n_queries = 256.
+
+**Heavy tails.** The one-projection estimates are log-normal-like: with ``σ²`` the
+log-variance of a row's normalizer estimate, the mean of m of them has excess kurtosis
+``κ(σ²)/m`` (the log-normal's). Where it exceeds 100, the mean squared error exists but is
+carried by draws rarer than a feasible number of redraws can sample (a typical draw does
+better, and the error of any one draw is mostly noise), and where a row's normalizer has
+relative variance above 1/4 at this m the first-order expansion no longer holds. Rows of
+either kind are *unreliable*; when they carry more than a tenth of the predicted error the
+result says ``heavy_tailed=True`` and its ``reason``.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from favorkit import sampling
+from favorkit._warnings import AccuracyWarning
+from favorkit.attention import FavorAttention
+from favorkit.attention._accuracy import (
+    AttentionError,
+    check_count,
+    exact_rows,
+    predict_attention_error,
+    resolve_estimator,
+    sample_rows,
+)
+from favorkit.attention._inputs import check_finite, prepare, resolve_scale
+
+__all__ = ["AttentionError", "measure_attention_error", "predict_attention_error"]
+
+
+def measure_attention_error(
+    Q,
+    K,
+    V,
+    n_components=256,
+    *,
+    estimator="positive",
+    projection="orthogonal",
+    causal=False,
+    scale=None,
+    key_padding_mask=None,
+    n_queries=256,
+    n_redraws=8,
+    random_state=0,
+):
+    """Measure the error of FAVOR attention against exact attention over redraws.
+
+    ``FavorAttention(n_components, estimator=..., projection=...)``, fitted to Q (and K
+    as keys), attends ``n_redraws`` times with fresh projections; each time the sampled
+    query rows are compared with :func:`~favorkit.softmax_attention` on those rows.
+
+    Parameters
+    ----------
+    Q, K, V, n_components, estimator, causal, scale, key_padding_mask, n_queries
+        As in :func:`predict_attention_error`.
+    projection : str or array of shape (n_components, d), default="orthogonal"
+        Any projection of :mod:`favorkit.sampling` (a fixed array is not redrawn).
+    n_redraws : int, default=8
+        Independent projections.
+    random_state : int, Generator or None, default=0
+        Seeds the row sample and the projections.
+
+    Returns
+    -------
+    AttentionError
+        ``kind="measured"``; ``per_draw`` holds each redraw's relative error, and
+        ``heavy_tailed`` says when one redraw carries half of the squared error (the mean
+        is then not settled by this many redraws).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkit.accuracy import measure_attention_error, predict_attention_error
+    >>> rng = np.random.default_rng(0)
+    >>> Q, K = rng.normal(scale=0.5, size=(2, 512, 16))
+    >>> V = rng.normal(size=(512, 16))
+    >>> measured = measure_attention_error(Q, K, V, 256, n_redraws=16)
+    >>> predicted = predict_attention_error(Q, K, V, 256)
+    >>> bool(abs(measured.relative_error / predicted.relative_error - 1) < 0.5)
+    True
+    """
+    fmap = resolve_estimator(estimator, projection)
+    m = check_count(n_components, "n_components")
+    n_queries = check_count(n_queries, "n_queries")
+    n_redraws = check_count(n_redraws, "n_redraws")
+    Qf, Kf, Vf, mask, _, _ = prepare(Q, K, V, key_padding_mask, causal)
+    for X, name in ((Qf, "Q"), (Kf, "K"), (Vf, "V")):
+        check_finite(X, name)
+    n_seq, Lq, _ = Qf.shape
+    rng = sampling.resolve_rng(random_state)
+    seqs, rows = sample_rows(n_seq, Lq, n_queries, rng)
+    used = np.unique(seqs)
+    root = math.sqrt(resolve_scale(scale, Qf.shape[2]))
+    exact = exact_rows(Qf, Kf, Vf, mask, causal, root, seqs, rows)
+    att = FavorAttention(
+        m, estimator=fmap.name, projection=projection, scale=scale, random_state=rng
+    ).fit(Qf, keys=Kf)
+    # Bidirectional attention of the maps fitted to nothing needs only the sampled queries
+    # (every key is still summed); the others attend to whole sequences.
+    rows_only = not causal and not fmap.fitted
+    errors = np.empty(n_redraws)
+    with warnings.catch_warnings():  # this is the measurement the warning points to
+        warnings.simplefilter("ignore", AccuracyWarning)
+        for r in range(n_redraws):
+            if r:
+                att.redraw()
+            approx = np.empty_like(exact)
+            for n in used:
+                pick = np.flatnonzero(seqs == n)
+                keys_mask = None if mask is None else mask[n]
+                queries = Qf[n, rows[pick]] if rows_only else Qf[n]
+                out = att.attend(queries, Kf[n], Vf[n], causal=causal, key_padding_mask=keys_mask)
+                approx[pick] = out if rows_only else out[rows[pick]]
+            errors[r] = np.sum((approx - exact) ** 2)
+    out_sq = float(np.sum(exact**2))
+    mean = float(errors.mean())
+    rel = math.sqrt(mean / out_sq) if out_sq > 0 else math.inf
+    se_mean = float(errors.std(ddof=1) / math.sqrt(n_redraws)) if n_redraws > 1 else math.inf
+    se = se_mean / (2.0 * math.sqrt(mean * out_sq)) if mean > 0 else 0.0
+    top = float(errors.max() / errors.sum()) if errors.sum() > 0 else 0.0
+    heavy = n_redraws > 1 and top > 0.5
+    reason = (
+        f"one redraw of {n_redraws} carries {100 * top:.0f} % of the squared error: the "
+        "mean is carried by rare draws and is not settled by this many redraws"
+        if heavy
+        else ""
+    )
+    return AttentionError(
+        kind="measured",
+        estimator=fmap.name,
+        projection=projection if isinstance(projection, str) else "array",
+        n_components=m,
+        relative_error=rel,
+        mse=mean / max(exact.size, 1),
+        standard_error=se,
+        heavy_tailed=bool(heavy),
+        reason=reason,
+        n_queries=int(rows.size),
+        per_draw=np.sqrt(errors / out_sq) if out_sq > 0 else errors * np.inf,
+    )

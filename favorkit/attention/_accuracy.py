@@ -1,0 +1,783 @@
+"""The closed-form prediction of FAVOR attention's error (public in :mod:`favorkit.accuracy`,
+whose docstring gives the method), and the check behind :class:`~favorkit.AccuracyWarning`."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import interpolate, special
+
+from favorkit import maps, sampling
+from favorkit.attention._inputs import check_finite, prepare, resolve_scale
+from favorkit.maps import MapParams, Moments
+from favorkit.theory._gerf import COUPLINGS, coupling_cosine, log_moment_series, pair_count
+
+__all__ = [
+    "AttentionError",
+    "check_count",
+    "exact_rows",
+    "predict_attention_error",
+    "predict_rows",
+    "quick_noise_ratio",
+    "resolve_estimator",
+    "sample_rows",
+]
+
+# A row is unreliable when the excess kurtosis of its normalizer's m-term mean exceeds
+# this (the relative standard error of a mean squared error from 100 redraws is then
+# above 1), or when that normalizer's relative variance exceeds _NONLINEAR.
+_KURTOSIS_LIMIT = 100.0
+_NONLINEAR = 0.25
+# Unreliable rows carrying more than this share of the predicted error make it heavy-tailed.
+_HEAVY_SHARE = 0.1
+_QUERY_CHUNK = 64
+_SPLINE_NODES = 257
+_TABLE_NODES = 1 << 14
+
+
+@dataclass(frozen=True)
+class AttentionError:
+    """The error of FAVOR attention against exact attention on a sample of query rows.
+
+    Returned by :func:`predict_attention_error` and :func:`measure_attention_error`.
+
+    Attributes
+    ----------
+    kind : {"predicted", "measured"}
+    estimator, projection : str
+    n_components : int
+        The m of ``relative_error`` and ``mse``.
+    relative_error : float
+        ``sqrt(E‖Ŷ - Y‖²_F / ‖Y‖²_F)`` over the sampled rows (may be ``inf``).
+    mse : float
+        ``E‖Ŷ - Y‖²_F`` per output entry.
+    standard_error : float
+        Standard error of ``relative_error``: from the sampled query rows and key pairs
+        (predicted) or from the redraws (measured).
+    heavy_tailed : bool
+        The expectation is carried by heavy tails (see ``reason``): treat the number as
+        an order of magnitude at best, and the attention at this m as mostly noise.
+    reason : str
+        Why ``heavy_tailed`` (empty when it is False).
+    n_queries : int
+        Query rows sampled.
+    per_draw : ndarray of shape (n_redraws,) or None
+        Measured: the relative error of each redraw.
+    """
+
+    kind: str
+    estimator: str
+    projection: str
+    n_components: int
+    relative_error: float
+    mse: float
+    standard_error: float
+    heavy_tailed: bool
+    reason: str
+    n_queries: int
+    per_draw: np.ndarray | None = field(default=None, repr=False)
+    # The m-free sums of a prediction: E‖Ŷ-Y‖² = single/m + (P(m)/m²) coupled.
+    _single: float = field(default=0.0, repr=False)
+    _coupled: float = field(default=0.0, repr=False)
+    _output_sq: float = field(default=1.0, repr=False)
+    _block: int = field(default=1, repr=False)
+
+    def relative_error_at(self, m):
+        """Predicted relative error with ``m`` projections (same data and estimator).
+
+        Parameters
+        ----------
+        m : int or array-like of int
+
+        Returns
+        -------
+        float or ndarray
+        """
+        self._need_prediction()
+        m = np.asarray(m)
+        if m.dtype.kind not in "iu" or np.any(m < 1):
+            raise ValueError(f"m must be a positive integer (or integers), got {m!r}.")
+        mf = m.astype(np.float64)
+        pairs = pair_count(m, self._block, self.projection)
+        err = self._single / mf + pairs / mf**2 * self._coupled
+        return np.sqrt(np.maximum(err, 0.0) / self._output_sq)[()]
+
+    def features_needed(self, target):
+        """Smallest m whose predicted relative error is ``<= target``.
+
+        Parameters
+        ----------
+        target : float > 0
+            Target relative Frobenius error.
+
+        Returns
+        -------
+        int or float
+            ``inf`` when the predicted error is infinite; beyond ``2**62`` projections the
+            estimate as a float.
+        """
+        self._need_prediction()
+        if isinstance(target, bool) or not isinstance(target, (int, float, np.number)):
+            raise ValueError(f"target must be > 0 (a number), got {target!r}.")
+        if not (target > 0 and math.isfinite(target)):
+            raise ValueError(f"target must be > 0 and finite, got {target!r}.")
+        if not math.isfinite(self._single):
+            return math.inf
+        goal = target**2 * self._output_sq
+        d = self._block
+        # err(m) lies between the lines single/m and (single + (d-1) coupled)/m (the second
+        # exact at whole blocks, m = n d): the first m that meets the goal lies between
+        # their crossings, scanned exactly when that range is modest.
+        whole = self._single + (0.0 if self.projection == "iid" else (d - 1) * self._coupled)
+        low, high = sorted((max(whole, 0.0), max(self._single, 0.0)))
+        if high <= goal:
+            return 1
+        hi = math.ceil(high / goal / d) * d + d
+        if hi >= 2.0**62:
+            return float(high / goal)
+        lo = max(1, math.floor(low / goal) - d)
+        if hi - lo > 1 << 22:  # bisect on whole blocks, then scan the two blocks before
+            n_lo, n_hi = 1, hi // d
+            while n_lo < n_hi:
+                mid = (n_lo + n_hi) // 2
+                if self.relative_error_at(mid * d) <= target:
+                    n_hi = mid
+                else:
+                    n_lo = mid + 1
+            lo, hi = max(1, (n_lo - 2) * d), n_lo * d
+        for start in range(lo, hi + 1, 1 << 20):
+            ms = np.arange(start, min(hi, start + (1 << 20) - 1) + 1, dtype=np.int64)
+            ok = np.nonzero(self.relative_error_at(ms) <= target)[0]
+            if ok.size:
+                return int(ms[ok[0]])
+        return int(hi)
+
+    def _need_prediction(self):
+        if self.kind != "predicted":
+            raise ValueError("only a prediction extrapolates to other m.")
+
+
+def sample_rows(n_seq, lengths, n_queries, rng):
+    """``n_queries`` (sequence, row) pairs without replacement, sorted (all when fewer)."""
+    total = n_seq * lengths
+    if total <= n_queries:
+        flat = np.arange(total)
+    else:
+        flat = np.sort(rng.choice(total, size=n_queries, replace=False))
+    return np.divmod(flat, lengths)
+
+
+def resolve_estimator(estimator, projection):
+    fmap = maps.get(estimator) if isinstance(estimator, str) else None
+    if fmap is None or not fmap.attention_estimator:
+        names = ", ".join(repr(n) for n in maps.names("attention"))
+        raise ValueError(
+            f"estimator must be one of {names} (the estimators of the softmax kernel; "
+            f"generalized attention approximates no kernel), got {estimator!r}."
+        )
+    return fmap
+
+
+def _sequence_params(fmap, Qs, Ks, visible_keys):
+    """A fitted map's parameters as bidirectional attention fits them per sequence."""
+    if not fmap.fitted:
+        return MapParams.identity(Qs.shape[1])
+    keys = Ks[visible_keys]
+    if not len(keys):
+        return MapParams.identity(Qs.shape[1])
+    return fmap.fit(Moments.of(Qs), Moments.of(keys))
+
+
+def _rows_error(fmap, sm, coupled, d, U, Kk, V, visible, rng, n_pairs):
+    """Per-row sums for a block of query rows of one sequence (module docstring).
+
+    Returns (single, single_se², coupled_sum, coupled_se², normalizer relVar, |y|²).
+    """
+    tau = sm.pair_sign
+    hidden = None if visible.all() else ~visible
+    b = U @ Kk.T  # the logits u·k̃_j
+    logp = b.copy()
+    if hidden is not None:
+        logp[hidden] = -np.inf
+        b[hidden] = 0.0
+    top = logp.max(axis=1, keepdims=True)
+    logp -= top
+    p = np.exp(logp)
+    total = p.sum(axis=1, keepdims=True)
+    p /= total
+    logp -= np.log(total)
+    y = p @ V
+    y2 = np.einsum("ij,ij->i", y, y)
+    vv = np.einsum("ij,ij->i", V, V)
+    w2 = vv[None, :] - 2.0 * (y @ V.T)
+    w2 += y2[:, None]
+    np.maximum(w2, 0.0, out=w2)
+    if hidden is not None:
+        w2[hidden] = 0.0
+    uu = np.einsum("ij,ij->i", U, U)
+    kk = np.einsum("ij,ij->i", Kk, Kk)
+    z = (2.0 * tau) * b
+    z += uu[:, None]
+    z += kk[None, :]
+    np.maximum(z, 0.0, out=z)
+    n_rows = U.shape[0]
+
+    single = np.zeros(n_rows)
+    single_var = np.zeros(n_rows)
+    norm_terms = []
+    for sigma in sm.signs:
+        ell = logp + sm.alpha * z + sigma * sm.gamma * tau * b  # -inf where hidden
+        grow = ell + 0.5 * sigma * sm.gamma * kk[None, :]
+        shift = np.maximum(ell.max(axis=1), grow.max(axis=1))[:, None]
+        e = np.exp(ell - shift)
+        g = np.exp(grow - shift)
+        s1 = e @ V - y * e.sum(axis=1, keepdims=True)
+        diag = ((g * g - e * e) * w2).sum(axis=1)
+        # |e^{σγ k̃_j·k̃_l} - 1| <= e^{γ(|k̃_j|² + |k̃_l|²)/2} for either sign: sampling with
+        # these weights keeps every sampled ratio below 1 in size.
+        bound = ell + 0.5 * sm.gamma * kk[None, :]
+        bound = np.exp(bound - bound.max(axis=1, keepdims=True))
+
+        def interaction(rows, j, l, e=e, sigma=sigma):
+            key_dot = np.einsum("ij,ij->i", Kk[j], Kk[l])
+            return (
+                e[rows, j] * e[rows, l] * _dot_centered(V, y, rows, j, l)
+                * np.expm1(sigma * sm.gamma * key_dot)
+            )  # fmt: skip
+
+        inter, inter_var = _sampled_pairs(
+            weights=bound * np.sqrt(w2), value=interaction, rng=rng, n_pairs=n_pairs
+        )
+        log_front = sm.log_const + sigma * sm.gamma * uu + 2.0 * shift[:, 0]
+        scale = np.exp(np.minimum(log_front, 700.0)) / len(sm.signs)
+        scale[log_front > 700.0] = np.inf
+        bracket = np.einsum("ij,ij->i", s1, s1) + diag + inter
+        with np.errstate(invalid="ignore", over="ignore"):
+            single += scale * bracket
+            single_var += (scale**2) * inter_var
+            # The normalizer's one-projection relVar (its key interactions left out).
+            norm_terms.append(scale * (e.sum(axis=1) ** 2 + (g * g - e * e).sum(axis=1)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        norm_relvar = np.maximum(sum(norm_terms) - 1.0, 0.0)
+    # No clipping per row: a row's sampled interactions may be negative; only the total
+    # is (clipping each row would bias the sum upwards).
+    single = np.where(np.isnan(single), np.inf, single)
+
+    cross = np.zeros(n_rows)
+    cross_var = np.zeros(n_rows)
+    if coupled is not None:
+        cross, cross_var = _coupled_sum(
+            coupled, d, p, V, y, w2, z, b, uu, Kk, tau, visible, rng, n_pairs
+        )
+    return single, single_var, cross, cross_var, norm_relvar, y2
+
+
+def _weighted_centered(weights, V, y):
+    """``Σ_j weights_j (v_j - y)`` per row."""
+    return weights @ V - y * weights.sum(axis=1, keepdims=True)
+
+
+def _coupled_sum(coupled, d, p, V, y, w2, z, b, uu, Kk, tau, visible, rng, n_pairs):
+    """``Σ_{j,l} p_j p_l (v_j - y)·(v_l - y) χ_jl`` per row, with its sampling variance.
+
+    With ``a_j·a_l = c_j + c_l + k̃_j·k̃_l`` (``c_j = |u|²/2 ± u·k̃_j``), the pair form of
+    ``χ`` (:class:`_Coupling`) is, to second order, ``K (d (a_j·a_l)² - z_j z_l)/(d-1)``.
+    Its part without the key-key products, ``cv_jl = K (d (c_j + c_l)² - z_j z_l)/(d-1)``
+    with ``K`` taken at the row's mean ``z``, factorizes over keys and is summed exactly, as
+    is every part of the form ``h_j + h_l``; only the rest, which is small unless keys are
+    close, is sampled. (Sampled whole, the sum of this many near-cancelling terms is noise.)
+    """
+    chi_diag = np.where(visible, coupled.diag(z), 0.0)
+    cvec = np.where(visible, 0.5 * uu[:, None] + tau * b, 0.0)
+    zbar = (p * z).sum(axis=1)
+    curv = coupled.curvature(zbar)[:, None] / max(d - 1, 1)
+    cv_diag = curv * (4.0 * d * cvec**2 - z * z)
+    h = chi_diag - cv_diag
+    s_1 = _weighted_centered(p, V, y)
+    s_c = _weighted_centered(p * cvec, V, y)
+    s_cc = _weighted_centered(p * cvec**2, V, y)
+    s_z = _weighted_centered(p * z, V, y)
+    s_h = _weighted_centered(p * h, V, y)
+    dot = lambda A, B: np.einsum("ij,ij->i", A, B)  # noqa: E731
+    full_cv = curv[:, 0] * (d * (2.0 * dot(s_c, s_c) + 2.0 * dot(s_cc, s_1)) - dot(s_z, s_z))
+    # All pairs, j = l included: Σ_{j,l} = full_cv + Σ_{j≠l} (h_j + h_l)/2 + Σ_j |X_j|² h_j
+    # + sampled, and Σ_{j≠l} (h_j + h_l)/2 X_j·X_l = s_h·s_1 - Σ_j |X_j|² h_j.
+    exact = full_cv + dot(s_h, s_1)
+
+    def rest(rows, j, l):
+        za, zb = z[rows, j], z[rows, l]
+        s = cvec[rows, j] + cvec[rows, l] + np.einsum("ij,ij->i", Kk[j], Kk[l])
+        cv = curv[rows, 0] * (d * (cvec[rows, j] + cvec[rows, l]) ** 2 - za * zb)
+        r = coupled.pair(za, zb, s) - cv - 0.5 * (h[rows, j] + h[rows, l])
+        return p[rows, j] * p[rows, l] * _dot_centered(V, y, rows, j, l) * r
+
+    sampled, var = _sampled_pairs(
+        weights=p * np.sqrt(w2) * np.sqrt(1.0 + np.abs(chi_diag) + np.abs(cv_diag)),
+        value=rest,
+        rng=rng,
+        n_pairs=n_pairs,
+    )
+    return exact + sampled, var
+
+
+def _dot_centered(V, y, rows, j, l):
+    return np.einsum("ij,ij->i", V[j] - y[rows], V[l] - y[rows])
+
+
+def _sampled_pairs(weights, value, rng, n_pairs):
+    """``Σ_{j≠l} value(j, l)`` per row by importance sampling of pairs from
+    ``weights ⊗ weights``: the estimate and its variance, per row."""
+    n_rows = weights.shape[0]
+    total = weights.sum(axis=1)
+    est = np.zeros(n_rows)
+    var = np.zeros(n_rows)
+    live = np.flatnonzero(total > 0)
+    if not live.size:
+        return est, var
+    cdf = np.cumsum(weights[live], axis=1)
+    cdf /= cdf[:, -1:]
+    draws = rng.random((live.size, 2, n_pairs))
+    j = np.empty((live.size, n_pairs), dtype=np.int64)
+    l = np.empty((live.size, n_pairs), dtype=np.int64)
+    last = weights.shape[1] - 1
+    for r in range(live.size):
+        j[r] = np.minimum(np.searchsorted(cdf[r], draws[r, 0]), last)
+        l[r] = np.minimum(np.searchsorted(cdf[r], draws[r, 1]), last)
+    rows = np.repeat(live, n_pairs)
+    jf, lf = j.ravel(), l.ravel()
+    wj, wl = weights[rows, jf], weights[rows, lf]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        vals = np.where(
+            (jf != lf) & (wj > 0) & (wl > 0),
+            value(rows, jf, lf) / (wj * wl),
+            0.0,
+        ).reshape(live.size, n_pairs)
+    scale = total[live] ** 2
+    est[live] = scale * vals.mean(axis=1)
+    var[live] = scale**2 * vals.var(axis=1, ddof=1) / n_pairs
+    return est, var
+
+
+class _Coupling:
+    """``χ``, the covariance of two projections of one block at cosine ``c`` (relative).
+
+    On the diagonal (two estimates of one entry, ``|a|² = z``) it is exact: for the
+    exponential maps ``log M_c(z)`` by the positive series of
+    :func:`favorkit.theory.pair_covariance` (any GERF ``A``); for the trigonometric map
+    ``M_c(z) = e^z E_φ[₁F₁(d; d/2; -(z/2)(1 + c sin φ))]`` (the same derivation with
+    ``a -> i a``; it can be negative, so it is kept as it is). Maps that pair ``±ω``
+    average ``M_c`` and ``M_{-c}``. Between different keys (``a ≠ b``) the log-moment is
+    carried over as ``λ σ a·b + (log M_c(|a||b|) - λ|a||b|) (d cos²θ - 1)/(d - 1)``, exact
+    at ``a = b`` and right to second order in the projections' cosines (``λ = c (E r)²/d``
+    from ``E[(ω_i·a)(ω_j·b)]``, ``r ~ χ_d``; for the trigonometric map, whose ``M`` can
+    change sign, ``M - 1`` is carried over the same way instead of ``log M``).
+    The spline of the diagonal covers ``[0, z_max]``.
+    """
+
+    def __init__(self, c, d, trig, z_max, signs):
+        self.c, self.d, self.trig, self.signs = c, d, trig, signs
+        top = max(z_max, 1e-12)
+        fine = np.linspace(0.0, top, _TABLE_NODES)
+        step = (_TABLE_NODES - 1) / top
+
+        def table(values):
+            # A cubic spline, tabulated finely once, then read by linear interpolation on
+            # the uniform table (an index, not a search: this runs on every (row, key)).
+            ys = interpolate.CubicSpline(grid, values)(fine)
+            slopes = np.diff(ys)
+
+            def read(z):
+                t = np.clip(z * step, 0.0, _TABLE_NODES - 1.000001)
+                i = t.astype(np.intp)
+                return ys[i] + (t - i) * slopes[i]
+
+            return read
+
+        grid = np.linspace(0.0, max(z_max, 1e-12), _SPLINE_NODES)
+        if trig:
+            self.moment = {sign: table(self._trig_moment(grid, sign * c)) for sign in (1, -1)}
+        else:
+            self.log_moment = {
+                sign: table(log_moment_series(grid, d, sign * c)) for sign in (1, -1)
+            }
+        mean_r_sq = 2.0 * np.exp(2.0 * (special.gammaln(0.5 * (d + 1)) - special.gammaln(0.5 * d)))
+        self.linear = (-1.0 if trig else 1.0) * c * mean_r_sq / d
+
+    def _trig_moment(self, z, c):
+        x, w = special.roots_legendre(64)
+        phi = 0.25 * np.pi * (x + 1.0)
+        log_w = np.log(w) + (self.d - 1) * np.log(np.sin(phi))
+        weight = np.exp(log_w - special.logsumexp(log_w))
+        half = 0.5 * z[:, None] * (1.0 + c * np.sin(phi)[None, :])
+        # Kummer: 1F1(d; d/2; -x) = e^{-x} 1F1(-d/2; d/2; x).
+        vals = np.exp(z[:, None] - half) * special.hyp1f1(-0.5 * self.d, 0.5 * self.d, half)
+        return vals @ weight
+
+    def diag(self, z):
+        """``χ`` of two estimates of one entry at ``z = |a|²``."""
+        if self.trig:
+            return np.mean([self.moment[s](z) for s in self.signs], axis=0) - 1.0
+        if len(self.signs) == 1:
+            return np.expm1(self.log_moment[self.signs[0]](z))
+        logs = [self.log_moment[s](z) for s in self.signs]
+        return np.expm1(special.logsumexp(logs, axis=0) - np.log(len(self.signs)))
+
+    def curvature(self, z):
+        """``ψ(z)/z²`` with ``ψ = log M_c`` (``M_c - 1`` for the trigonometric map): the
+        coefficient of the second-order pair form; ``-1/(2(d+2))`` as ``z -> 0``."""
+        z = np.asarray(z, dtype=np.float64)
+        small = z < 1e-6
+        zs = np.where(small, 1.0, z)
+        psi = self.moment[1](zs) - 1.0 if self.trig else self.log_moment[1](zs)
+        psi = psi - self.linear * zs
+        return np.where(small, -0.5 / (self.d + 2), psi / zs**2)
+
+    def pair(self, za, zb, s):
+        """``χ`` of the estimates of two entries with ``|a|² = za``, ``|b|² = zb``,
+        ``a·b = s``."""
+        zhat = np.sqrt(za * zb)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cos2 = np.where(zhat > 0, (s / np.where(zhat > 0, zhat, 1.0)) ** 2, 1.0)
+        weight = (self.d * np.minimum(cos2, 1.0) - 1.0) / max(self.d - 1, 1)
+        if self.trig:  # M may be negative: carried over linearly, not in logs
+            rest = (self.moment[1](zhat) - 1.0 - self.linear * zhat) * weight
+            return np.mean([self.linear * sigma * s + rest for sigma in self.signs], axis=0)
+        rest = (self.log_moment[1](zhat) - self.linear * zhat) * weight
+        logs = [self.linear * sigma * s + rest for sigma in self.signs]
+        return np.expm1(special.logsumexp(logs, axis=0) - np.log(len(self.signs)))
+
+
+def _lognormal_excess_kurtosis(log1p_relvar):
+    s = np.minimum(log1p_relvar, 150.0)
+    return np.exp(4 * s) + 2 * np.exp(3 * s) + 3 * np.exp(2 * s) - 6
+
+
+def exact_rows(Qf, Kf, Vf, mask, causal, root, seqs, rows):
+    """Exact softmax attention for the query rows ``(seqs, rows)`` only, in float64 with
+    log-sum-exp over each row's visible keys (a row that sees no key gets 0)."""
+    out = np.zeros((rows.size, Vf.shape[2]))
+    Lk = Kf.shape[1]
+    for n in np.unique(seqs):
+        pick = np.flatnonzero(seqs == n)
+        U = Qf[n, rows[pick]].astype(np.float64) * root
+        logits = U @ (Kf[n].astype(np.float64) * root).T
+        hidden = np.zeros(logits.shape, bool)
+        if causal:
+            hidden |= np.arange(Lk)[None, :] > rows[pick][:, None]
+        if mask is not None:
+            hidden |= mask[n][None, :]
+        logits[hidden] = -np.inf
+        top = logits.max(axis=1, keepdims=True)
+        seen = np.isfinite(top[:, 0])
+        weights = np.exp(logits[seen] - top[seen])
+        weights /= weights.sum(axis=1, keepdims=True)
+        out[pick[seen]] = weights @ Vf[n].astype(np.float64)
+    return out
+
+
+def quick_noise_ratio(Qf, Kf, Vf, mask, causal, root, fmap, m, fitted, n_rows=8, n_keys=128):
+    """A rough prediction of how noisy FAVOR's output is, from a few rows and sampled keys.
+
+    The check behind :class:`~favorkit.AccuracyWarning`. For ``n_rows`` query rows and
+    ``n_keys`` of each row's visible keys drawn uniformly with replacement (sums scaled to
+    the whole key set: a sum over the sample of ``n`` out of ``L`` keys carries ``n/L`` of
+    the full one), the predicted squared error of the output row (iid couplings, exact
+    one-projection covariances without key-key interactions) is compared with the spread
+    of what the row averages, ``Σ_j p_j |v_j - y|²`` (the attention-weighted variance of the
+    values). Costs O(n_rows n_keys (d + d_v)) in a few dozen array operations, whatever L is,
+    and is deterministic (a fixed seed).
+
+    Returns
+    -------
+    ratio : float
+        ``sqrt(Σ_rows predicted squared error / Σ_rows spread)``.
+    heavy : bool
+        The rows whose normalizer is heavy-tailed at this m carry over a tenth of it.
+    needed : float
+        The m at which ``ratio`` would be 1/2.
+    """
+    rng = np.random.default_rng(0)
+    n_seq, Lq, d = Qf.shape
+    Lk = Kf.shape[1]
+    seqs, rows = sample_rows(n_seq, Lq, n_rows, rng)
+    picks, counts, keep = [], [], []
+    for n, i in zip(seqs, rows, strict=True):
+        last = min(Lk, i + 1) if causal else Lk
+        visible = np.arange(last) if mask is None else np.flatnonzero(~mask[n, :last])
+        if visible.size:
+            picks.append(visible[rng.integers(0, visible.size, size=n_keys)])
+            counts.append(visible.size)
+            keep.append((n, i))
+    if not keep:
+        return 0.0, False, 1.0
+    seqs, rows = np.array(keep).T
+    picks = np.array(picks)
+    share = (n_keys / np.array(counts, dtype=np.float64))[:, None]
+    K = Kf[seqs[:, None], picks].astype(np.float64) * root  # (rows, keys, d)
+    V = Vf[seqs[:, None], picks].astype(np.float64)
+    U = Qf[seqs, rows].astype(np.float64) * root
+    if fitted is not None or fmap.fitted:
+        params = fitted or fmap.fit(Moments.of(U), Moments.of(K.reshape(-1, d)))
+    else:
+        params = MapParams.identity(d)
+    U, K = U * params.psi, K / params.psi
+    sm = fmap.second_moment(d, params.a)
+    b = np.einsum("rkd,rd->rk", K, U)
+    logp = b - b.max(axis=1, keepdims=True)
+    p = np.exp(logp)
+    total = p.sum(axis=1, keepdims=True)
+    p /= total
+    logp -= np.log(total)
+    y = np.einsum("rk,rkv->rv", p, V)
+    w = V - y[:, None, :]
+    w2 = np.einsum("rkv,rkv->rk", w, w)
+    spread = (p * w2).sum(axis=1)
+    uu, kk = np.einsum("rd,rd->r", U, U), np.einsum("rkd,rkd->rk", K, K)
+    z = np.maximum(uu[:, None] + 2.0 * sm.pair_sign * b + kk, 0.0)
+    single = np.zeros(len(rows))
+    relvar = np.zeros(len(rows))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for sigma in sm.signs:
+            ell = logp + sm.alpha * z + sigma * sm.gamma * sm.pair_sign * b
+            grow = ell + 0.5 * sigma * sm.gamma * kk
+            shift = np.maximum(ell.max(axis=1), grow.max(axis=1))
+            e, g = np.exp(ell - shift[:, None]), np.exp(grow - shift[:, None])
+            s1 = np.einsum("rk,rkv->rv", e, w)
+            front = sm.log_const + sigma * sm.gamma * uu + 2.0 * shift
+            scale = np.where(front > 700.0, np.inf, np.exp(np.minimum(front, 700.0)))
+            scale /= len(sm.signs)
+            diag = share[:, 0] * ((g * g - e * e) * w2).sum(axis=1)
+            single += scale * (np.einsum("rv,rv->r", s1, s1) + diag)
+            relvar += scale * (e.sum(axis=1) ** 2 + share[:, 0] * (g * g - e * e).sum(axis=1))
+        relvar = np.maximum(relvar - 1.0, 0.0)
+        err = single / m
+        spread_sum = float(spread.sum())
+        if not spread_sum > 0:
+            return 0.0, False, 1.0
+        kurt = _lognormal_excess_kurtosis(np.log1p(relvar))
+        unreliable = (kurt / m > _KURTOSIS_LIMIT) | (relvar / m > _NONLINEAR)
+        err_sum = float(np.sum(err))
+        ratio = math.sqrt(max(err_sum, 0.0) / spread_sum)
+        heavy = not math.isfinite(err_sum) or float(err[unreliable].sum()) > _HEAVY_SHARE * err_sum
+        needed = m * err_sum / (0.25 * spread_sum) if math.isfinite(err_sum) else math.inf
+    return ratio, bool(heavy), needed
+
+
+def predict_attention_error(
+    Q,
+    K,
+    V,
+    n_components=256,
+    *,
+    estimator="positive",
+    projection="orthogonal",
+    causal=False,
+    scale=None,
+    key_padding_mask=None,
+    n_queries=64,
+    n_pairs=256,
+    random_state=0,
+):
+    """Predict the error of FAVOR attention from the closed forms, without redraws.
+
+    The expected squared error of each sampled output row to first order in the kernel
+    estimates' relative errors (the module docstring: the exact one-projection covariances
+    of the map, the coupling of orthogonal or simplex blocks, key pairs summed exactly where
+    they factorize and sampled where they do not).
+
+    Parameters
+    ----------
+    Q : array-like of shape (..., L_q, d)
+    K : array-like of shape (..., L_k, d)
+    V : array-like of shape (..., L_k, d_v)
+    n_components : int, default=256
+        Number of random projections m.
+    estimator : {"positive", "hyperbolic", "trig", "optimal", "saderf", \
+            "optimal_hyperbolic"}, default="positive"
+        As in :func:`~favorkit.favor_attention`. The fitted maps take their parameters per
+        sequence (bidirectional) or from all of Q and K (causal, as
+        ``FavorAttention.fit(Q, keys=K)``).
+    projection : {"orthogonal", "iid", "gaussian", "simplex"}, default="orthogonal"
+        The couplings with a closed form (``"trig"``: ``"iid"`` only).
+    causal : bool, default=False
+    scale : float or None, default=None
+        Logit scale; None means ``1/sqrt(d)``.
+    key_padding_mask : bool array, default=None
+        As in :func:`~favorkit.favor_attention` (True = padded).
+    n_queries : int, default=64
+        Query rows sampled (over all sequences and heads).
+    n_pairs : int, default=256
+        Key pairs sampled per row for the key-key interactions.
+    random_state : int, Generator or None, default=0
+        Seeds the row and pair samples (not a projection: there is none).
+
+    Returns
+    -------
+    AttentionError
+        ``kind="predicted"``; ``relative_error_at(m)`` and ``features_needed(target)``
+        extrapolate to other m.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkit.accuracy import predict_attention_error
+    >>> rng = np.random.default_rng(0)
+    >>> Q, K = rng.normal(scale=0.5, size=(2, 512, 16))
+    >>> V = rng.normal(size=(512, 16))
+    >>> err = predict_attention_error(Q, K, V, 256)
+    >>> bool(err.relative_error < 0.5), err.heavy_tailed
+    (True, False)
+    >>> m = err.features_needed(0.05)
+    >>> bool(err.relative_error_at(m) <= 0.05 < err.relative_error_at(m - 1))
+    True
+    """
+    fmap = resolve_estimator(estimator, projection)
+    if isinstance(projection, str) and projection == "gaussian":
+        projection = "iid"
+    if not isinstance(projection, str) or projection not in COUPLINGS:
+        raise ValueError(
+            'projection must be "iid", "orthogonal" or "simplex" (the couplings with a closed '
+            "form); measure_attention_error measures any projection."
+        )
+    if projection != "iid" and fmap.second_moment(1).pair_sign < 0:
+        # Its coupled moment changes sign, and the pair sums then cancel to noise.
+        raise ValueError(
+            'the trigonometric estimator\'s error is predicted for projection="iid" only; '
+            "measure_attention_error measures it with any projection."
+        )
+    m = check_count(n_components, "n_components")
+    n_queries = check_count(n_queries, "n_queries")
+    n_pairs = check_count(n_pairs, "n_pairs", minimum=2)
+    Qf, Kf, Vf, mask, _, _ = prepare(Q, K, V, key_padding_mask, causal)
+    for X, name in ((Qf, "Q"), (Kf, "K"), (Vf, "V")):
+        check_finite(X, name)
+    d = Qf.shape[2]
+    root = math.sqrt(resolve_scale(scale, d))
+    causal_params = None
+    if causal and fmap.fitted:  # as FavorAttention.fit(Q, keys=K) fits them
+        causal_params = fmap.fit(
+            Moments.of(Qf.reshape(-1, d).astype(np.float64), root**2),
+            Moments.of(Kf.reshape(-1, d).astype(np.float64), root**2),
+        )
+    return predict_rows(
+        Qf, Kf, Vf, mask, causal, root, fmap, projection, m, n_queries, n_pairs,
+        sampling.resolve_rng(random_state), causal_params,
+    )  # fmt: skip
+
+
+def predict_rows(
+    Qf, Kf, Vf, mask, causal, root, fmap, projection, m, n_queries, n_pairs, rng,
+    causal_params=None,
+):  # fmt: skip
+    """:func:`predict_attention_error` on checked (N, L, d) arrays: ``root`` is
+    ``sqrt(scale)``, ``causal_params`` the fitted maps' parameters for causal attention."""
+    n_seq, Lq, d = Qf.shape
+    Lk = Kf.shape[1]
+    seqs, rows = sample_rows(n_seq, Lq, n_queries, rng)
+    c = coupling_cosine(projection, d)
+    totals = np.zeros(6)
+    relvar_rows, share_rows = [], []
+    row_err, row_out = [], []
+    for n in np.unique(seqs):
+        Ks = Kf[n].astype(np.float64) * root
+        Vs = Vf[n].astype(np.float64)
+        keys_ok = np.ones(Lk, bool) if mask is None else ~mask[n]
+        if causal_params is None and fmap.fitted:
+            params = _sequence_params(fmap, Qf[n].astype(np.float64) * root, Ks, keys_ok)
+        else:
+            params = causal_params or MapParams.identity(d)
+        sm = fmap.second_moment(d, params.a)
+        U_all = Qf[n, rows[seqs == n]].astype(np.float64) * (root * params.psi)
+        Kk = Ks / params.psi
+        coupled = None
+        if c is not None:
+            z_max = float((np.sqrt((U_all**2).sum(1).max()) + np.sqrt((Kk**2).sum(1).max())) ** 2)
+            coupled = _Coupling(c, d, sm.pair_sign < 0, z_max, sm.signs)
+        seq_rows = rows[seqs == n]
+        for start in range(0, seq_rows.size, _QUERY_CHUNK):
+            r = seq_rows[start : start + _QUERY_CHUNK]
+            visible = np.broadcast_to(keys_ok, (r.size, Lk)).copy()
+            if causal:
+                visible &= np.arange(Lk)[None, :] <= r[:, None]
+            U = U_all[start : start + _QUERY_CHUNK]
+            single, single_var, cross, cross_var, relvar, y2 = _rows_error(
+                fmap, sm, coupled, d, U, Kk, Vs, visible, rng, n_pairs
+            )
+            seen = visible.any(axis=1)
+            pairs = float(pair_count(np.int64(m), d, projection))
+            err_rows = single / m + pairs / m**2 * cross
+            kurt = _lognormal_excess_kurtosis(np.log1p(relvar))
+            unreliable = (kurt / m > _KURTOSIS_LIMIT) | (relvar / m > _NONLINEAR)
+            row_err.append(err_rows[seen])
+            row_out.append(y2[seen])
+            relvar_rows.append(relvar[seen])
+            share_rows.append(np.where(unreliable, err_rows, 0.0)[seen])
+            with np.errstate(invalid="ignore", over="ignore"):
+                totals += [
+                    single[seen].sum(),
+                    single_var[seen].sum(),
+                    cross[seen].sum(),
+                    cross_var[seen].sum(),
+                    y2[seen].sum(),
+                    seen.sum(),
+                ]
+    single, single_var, cross, cross_var, out_sq, n_seen = totals
+    dv = Vf.shape[2]
+    pairs = float(pair_count(np.int64(m), d, projection))
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        sq_err = max(single / m + pairs / m**2 * cross, 0.0)
+        rel = math.sqrt(sq_err / out_sq) if out_sq > 0 else math.inf
+        var_sq = single_var / m**2 + (pairs / m**2) ** 2 * cross_var
+        # Rows are a sample too (unless all were taken): the ratio Σ err / Σ |y|² over them
+        # has the variance of a ratio estimator.
+        errs, outs = np.concatenate(row_err), np.concatenate(row_out)
+        if errs.size > 1 and errs.size < n_seq * Lq:
+            ratio = sq_err / out_sq
+            spread = float(np.sum((errs - ratio * outs) ** 2)) * errs.size / (errs.size - 1)
+            var_sq += spread * (1.0 - errs.size / (n_seq * Lq))
+        # d rel = d(err²)/(2 rel ‖Y‖²); where the estimate of err² is within its own noise
+        # of 0 that noise sets the scale instead (a prediction of "0 ± that").
+        noise = math.sqrt(max(var_sq, 0.0))
+        se = (
+            math.sqrt(noise / out_sq)
+            if sq_err <= noise
+            else noise / (2.0 * math.sqrt(sq_err * out_sq))
+        )
+        unreliable_err = float(np.concatenate(share_rows).sum()) if share_rows else 0.0
+        share = unreliable_err / (single / m + pairs / m**2 * cross) if sq_err else 0.0
+    relvar_all = np.concatenate(relvar_rows) if relvar_rows else np.zeros(1)
+    heavy = not math.isfinite(sq_err) or share > _HEAVY_SHARE
+    reason = ""
+    if heavy:
+        reason = (
+            f"the normalizer's one-projection relative variance reaches "
+            f"{float(np.max(relvar_all)):.3g} (median {float(np.median(relvar_all)):.3g}) against "
+            f"m = {m}: the expected error is carried by rare draws (or the first-order "
+            "expansion fails), so the number is an order of magnitude at best and the "
+            "attention mostly noise; smaller |q|, |k| (a lower scale), more features, or "
+            "FAVOR++/SADERF help"
+        )
+    return AttentionError(
+        kind="predicted",
+        estimator=fmap.name,
+        projection=projection,
+        n_components=m,
+        relative_error=float(rel),
+        mse=float(sq_err / max(n_seen * dv, 1)),
+        standard_error=se,
+        heavy_tailed=bool(heavy),
+        reason=reason,
+        n_queries=int(n_seen),
+        _single=float(single),
+        _coupled=float(cross),
+        _output_sq=float(out_sq) if out_sq > 0 else 1.0,
+        _block=d,
+    )
+
+
+def check_count(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
