@@ -59,10 +59,29 @@ class Claim:
     measured: str
     criterion: str
     passed: bool
+    # False where heavy tails make the Monte Carlo unable to check the closed form: the
+    # verdict is then UNVERIFIABLE, neither PASS nor FAIL, and ``reason`` says why.
+    verifiable: bool = True
+    reason: str = ""
 
     @property
     def verdict(self):
+        if not self.verifiable:
+            return "UNVERIFIABLE"
         return "PASS" if self.passed else "FAIL"
+
+    def why(self):
+        """One line: why the verdict is not PASS (empty for a PASS)."""
+        if self.verdict == "PASS":
+            return ""
+        return self.reason or f"measured {self.measured}; needed: {self.criterion}"
+
+
+def observable_sample(log_var, n):
+    """Whether the mean of ``n`` log-normal-like terms of log-variance ``log_var`` can
+    observe its expectation: ``n >= 4 e^{log_var}`` (below it, the typical sample mean falls
+    short of the mean by more than ~5 %, the mean being carried by terms rarer than 1/n)."""
+    return np.asarray(n, dtype=float) >= 4.0 * np.exp(np.minimum(log_var, 700.0))
 
 
 def bonferroni(n_tests, alpha=ALPHA, two_sided=True):
@@ -381,7 +400,7 @@ def parse_summary(path):
             if not line.startswith("|"):
                 break
             cells = [c.strip().replace("\\|", "|") for c in _split_row(line)]
-            if len(cells) != 6 or cells[5] not in ("PASS", "FAIL"):
+            if len(cells) != 6 or cells[5] not in ("PASS", "FAIL", "UNVERIFIABLE"):
                 raise ValueError(f"malformed claim row in {path}: {line!r}")
             rows.append(
                 dict(

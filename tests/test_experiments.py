@@ -209,3 +209,34 @@ def test_variance_vs_features_on_user_data(tmp_path):
     with pytest.raises(SystemExit):
         np.save(tmp_path / "bad.npy", np.ones(3))
         _run("variance_vs_features", tmp_path, "--data", str(tmp_path / "bad.npy"))
+
+
+def test_heavy_tailed_user_data_is_unverifiable_not_pass(tmp_path):
+    """Standardized wine (|x|² ≈ 13): the positive and hyperbolic closed forms cannot be
+    checked by Monte Carlo there; the verdict says so instead of PASS, the report says why,
+    and the metadata record the data's real dimension."""
+    from sklearn.datasets import load_wine
+    from sklearn.preprocessing import StandardScaler
+
+    np.save(tmp_path / "wine.npy", StandardScaler().fit_transform(load_wine().data))
+    _, claims = _run("variance_vs_features", tmp_path, "--data", str(tmp_path / "wine.npy"))
+    verdicts = {c.claim.split(" with ")[0]: c.verdict for c in claims}
+    assert verdicts["Lemma 2: MSE of the positive estimator"] == "UNVERIFIABLE"
+    assert verdicts["Lemma 2: MSE of the hyperbolic estimator"] == "UNVERIFIABLE"
+    assert all("heavy tails" in c.why() for c in claims if c.verdict == "UNVERIFIABLE")
+    summary = (tmp_path / "variance_vs_features" / "summary.md").read_text()
+    assert '"d": 13' in summary
+    assert [r["verdict"] for r in C.parse_summary(tmp_path / "variance_vs_features" / "summary.md")]
+
+
+def test_report_opens_with_the_tally_and_reasons(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        C.Claim, "verdict", property(lambda self: "FAIL" if "Theorem 1" in self.claim else "PASS")
+    )
+    run_all.main(["--smoke", "--out", str(tmp_path), "--no-progress", "--only", "smreg"])
+    report = (tmp_path / "REPORT.md").read_text().splitlines()
+    tally = next(i for i, line in enumerate(report) if "claims PASS" in line)
+    first_claim = next(i for i, line in enumerate(report) if line.startswith("- **"))
+    assert tally < first_claim and "UNVERIFIABLE" in report[tally]
+    reasons = [line for line in report if line[:3] == "1. "]
+    assert reasons and "needed:" in reasons[0]
