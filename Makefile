@@ -35,6 +35,7 @@ $(VENV)/.bench: $(STAMP)
 bench: $(VENV)/.bench
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_features.py
 	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_attention.py
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/bench_accuracy.py
 
 clean:
 	rm -rf $(VENV) results .pytest_cache

@@ -1,11 +1,12 @@
 """How far will FAVOR attention be from exact attention? Predicted and measured error.
 
 Two functions answer it for your own queries, keys and values, for every estimator of
-the softmax kernel and every projection, causal or not, with a key padding mask:
+the softmax kernel, causal or not, with a key padding mask:
 
-* :func:`predict_attention_error` — from the closed forms, without a single draw;
+* :func:`predict_attention_error` — from the closed forms, without a single draw, for iid,
+  orthogonal and simplex projections (the trigonometric estimator: iid);
 * :func:`measure_attention_error` — against :func:`~favorkit.softmax_attention`, over
-  redraws of the projection.
+  redraws of any projection.
 
 Both look at a sample of query rows (all rows when there are few) and return an
 :class:`AttentionError`: the relative Frobenius error ``‖Ŷ - Y‖ / ‖Y‖`` over those rows
@@ -34,8 +35,15 @@ carried to the pair's geometry to second order in the cosines (exact at ``a_j = 
 The double sum over keys is split so that nothing of size L x L is formed: the parts that
 factorize over keys (all of ``ρ`` but ``e^{γ k̃_j·k̃_l} - 1``) are summed exactly, and the
 rest — key-key interactions, small unless keys are close — by importance sampling of key
-pairs with a fixed seed; its standard error is part of the result. Cost: O(n_queries L
-(d + d_v)), about one attention call at n_queries = 256.
+pairs with a fixed seed; its standard error (with that of the row sample) is part of the
+result. Cost: O(n_queries L (d + d_v)) in a few dozen array passes over n_queries x L; at
+L = 16 384, d = 64, m = 256 the default 64 rows cost a few attention calls.
+
+The expansion is first order: the ratio ``N/D`` normalizes itself, so where one-projection
+estimates are heavy-tailed a typical draw does better than the expectation and the
+prediction is an upper estimate (tests: within a factor 1.5 of the measured error wherever
+it is below 0.5 and not flagged, on d in {16, 64}, |q|, |k| ~ 0.25 or 0.5 N(0, 1), every
+estimator, causal and bidirectional, with two documented cases at 1.51 and 1.52).
 
 **Heavy tails.** The one-projection estimates are log-normal-like: with ``σ²`` the
 log-variance of a row's normalizer estimate, the mean of m of them has excess kurtosis

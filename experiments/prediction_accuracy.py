@@ -1,0 +1,66 @@
+"""Predicted against measured error of FAVOR attention, over a grid of regimes.
+
+For N(0, scale²) queries and keys and N(0, 1) values of shape (L, d), every estimator (trig
+with iid projections, the others orthogonal) and m in {64, 256, 1024}, prints
+``favorkit.accuracy.predict_attention_error`` (256 query rows) beside
+``measure_attention_error`` (256 rows, ``--redraws`` projections), their ratio, and whether
+the pair is within the promised factor 1.5 (checked only where the prediction is below 0.5,
+neither side is flagged heavy-tailed and the prediction's standard error is below a
+quarter of it — the rule of ``tests/test_accuracy.py``). Not part of ``run_all.py``: a
+d = 64, L = 4096 grid takes several minutes.
+
+    python experiments/prediction_accuracy.py --d 16 --length 1024
+    python experiments/prediction_accuracy.py --d 64 --length 4096 --causal
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from favorkit import maps
+from favorkit.accuracy import measure_attention_error, predict_attention_error
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--d", type=int, default=16, help="dimension of queries and keys")
+    p.add_argument("--length", type=int, default=1024, help="sequence length L")
+    p.add_argument("--causal", action="store_true", help="causal attention")
+    p.add_argument("--redraws", type=int, default=8, help="projections for the measurement")
+    p.add_argument(
+        "--scales", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="std of q and k"
+    )
+    args = p.parse_args(argv)
+    print("| scale | estimator | m | predicted ± se | heavy | measured ± se | ratio | verdict |")
+    print("|---|---|---|---|---|---|---|---|")
+    for scale in args.scales:
+        rng = np.random.default_rng(0)
+        Q, K = rng.normal(scale=scale, size=(2, args.length, args.d))
+        V = rng.normal(size=(args.length, args.d))
+        for estimator in maps.names("attention"):
+            projection = "iid" if estimator == "trig" else "orthogonal"
+            kw = dict(estimator=estimator, projection=projection, causal=args.causal)
+            for m in (64, 256, 1024):
+                pred = predict_attention_error(Q, K, V, m, n_queries=256, **kw)
+                meas = measure_attention_error(Q, K, V, m, n_redraws=args.redraws, **kw)
+                ratio = pred.relative_error / meas.relative_error
+                compared = not (
+                    pred.relative_error >= 0.5
+                    or pred.heavy_tailed
+                    or meas.heavy_tailed
+                    or pred.standard_error > 0.25 * pred.relative_error
+                )
+                verdict = ("within 1.5" if 1 / 1.5 <= ratio <= 1.5 else "MISS") if compared else "-"
+                print(
+                    f"| {scale} | {estimator} | {m} | {pred.relative_error:.4f} ± "
+                    f"{pred.standard_error:.4f} | {'yes' if pred.heavy_tailed else 'no'} | "
+                    f"{meas.relative_error:.4f} ± {meas.standard_error:.4f} | {ratio:.2f} | "
+                    f"{verdict} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
