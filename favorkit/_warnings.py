@@ -52,10 +52,10 @@ class AccuracyWarning(UserWarning):
     >>> import warnings
     >>> import numpy as np
     >>> from favorkit import AccuracyWarning, favor_attention
-    >>> Q, K, V = np.random.default_rng(0).normal(size=(3, 512, 64))  # |q|²/sqrt(d) = 8
+    >>> Q, K, V = np.random.default_rng(0).normal(size=(3, 4, 4096, 64))  # |q|²/sqrt(d) = 8
     >>> with warnings.catch_warnings(record=True) as caught:
     ...     warnings.simplefilter("always", AccuracyWarning)
-    ...     out = favor_attention(Q, K, V, n_components=64, random_state=0)
+    ...     out = favor_attention(Q, K, V, n_components=256, random_state=0)
     >>> caught[0].category.__name__
     'AccuracyWarning'
     """
