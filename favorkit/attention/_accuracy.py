@@ -12,6 +12,7 @@ from scipy import interpolate, special
 from favorkit import maps, sampling
 from favorkit.attention._inputs import check_finite, prepare, resolve_scale
 from favorkit.maps import MapParams, Moments
+from favorkit.theory._diagnostics import check_target, smallest_m
 from favorkit.theory._gerf import COUPLINGS, coupling_cosine, log_moment_series, pair_count
 
 __all__ = [
@@ -119,40 +120,23 @@ class AttentionError:
             estimate as a float.
         """
         self._need_prediction()
-        if isinstance(target, bool) or not isinstance(target, (int, float, np.number)):
-            raise ValueError(f"target must be > 0 (a number), got {target!r}.")
-        if not (target > 0 and math.isfinite(target)):
-            raise ValueError(f"target must be > 0 and finite, got {target!r}.")
+        target = check_target(target)
         if not math.isfinite(self._single):
             return math.inf
         goal = target**2 * self._output_sq
-        d = self._block
-        # err(m) lies between the lines single/m and (single + (d-1) coupled)/m (the second
-        # exact at whole blocks, m = n d): the first m that meets the goal lies between
-        # their crossings, scanned exactly when that range is modest.
-        whole = self._single + (0.0 if self.projection == "iid" else (d - 1) * self._coupled)
+        # err²(m) = single/m + (P(m)/m²) coupled, exactly (single + (d-1) coupled)/m at
+        # whole blocks; iid rows: single/m.
+        coupled = self.projection != "iid" and self._block > 1
+        whole = self._single + (self._block - 1) * self._coupled if coupled else self._single
         low, high = sorted((max(whole, 0.0), max(self._single, 0.0)))
         if high <= goal:
             return 1
-        hi = math.ceil(high / goal / d) * d + d
-        if hi >= 2.0**62:
-            return float(high / goal)
-        lo = max(1, math.floor(low / goal) - d)
-        if hi - lo > 1 << 22:  # bisect on whole blocks, then scan the two blocks before
-            n_lo, n_hi = 1, hi // d
-            while n_lo < n_hi:
-                mid = (n_lo + n_hi) // 2
-                if self.relative_error_at(mid * d) <= target:
-                    n_hi = mid
-                else:
-                    n_lo = mid + 1
-            lo, hi = max(1, (n_lo - 2) * d), n_lo * d
-        for start in range(lo, hi + 1, 1 << 20):
-            ms = np.arange(start, min(hi, start + (1 << 20) - 1) + 1, dtype=np.int64)
-            ok = np.nonzero(self.relative_error_at(ms) <= target)[0]
-            if ok.size:
-                return int(ms[ok[0]])
-        return int(hi)
+        return smallest_m(
+            lambda m: self.relative_error_at(m) <= target,
+            low / goal,
+            high / goal,
+            self._block if coupled else 1,
+        )
 
     def _need_prediction(self):
         if self.kind != "predicted":

@@ -18,7 +18,7 @@ from favorkit.maps import MapParams, Moments
 from favorkit.theory._checks import projection_count
 from favorkit.theory._gerf import COUPLINGS, coupling_cosine, log_moment_series, pair_count
 
-__all__ = ["ExpectedError", "expected_error", "features_needed"]
+__all__ = ["ExpectedError", "check_target", "expected_error", "features_needed", "smallest_m"]
 
 # Above this many query-key pairs, Cov(z) is evaluated on a grid of z and interpolated
 # (a cubic spline of log(1 + Cov), checked against the exact series in the tests).
@@ -127,56 +127,63 @@ class ExpectedError:
         return _smallest_m(self, target)
 
 
-def _smallest_m(err, target):
-    """The smallest m with ``err.relative_mse(m) <= target``: an int, or beyond ``2**62``
-    projections the whole-block estimate as a float (``inf`` when the error is unbounded)."""
+def check_target(target):
+    """A target error: a finite number > 0, as float."""
     if isinstance(target, bool) or not isinstance(target, (int, float, np.number)):
         raise ValueError(f"target must be > 0 (a number), got {target!r}.")
     target = float(target)
     if not target > 0 or not np.isfinite(target):
         raise ValueError(f"target must be > 0 and finite, got {target!r}.")
+    return target
+
+
+def smallest_m(meets, low, high, d):
+    """The smallest m >= 1 with ``meets(m)`` (vectorised over int64 arrays).
+
+    The error at m lies between the lines ``low/m`` and ``high/m`` in units of the target
+    (for coupled blocks of d rows, one of them is exact at whole blocks m = n d, and a
+    partial last block moves it by less than a block), so the answer lies between their
+    crossings; that range is scanned exactly, or, when it is huge (a tiny target), the first
+    whole block that meets the target is found by bisection and the two blocks before it
+    scanned. Past ``2**62`` projections no answer is of use: ``high`` is returned as a float.
+    """
+    hi = math.ceil(high / d) * d + d
+    if not hi < _M_LIMIT:
+        return float(high)
+    lo = min(max(1, math.floor(low) - d), hi)
+    if hi - lo > 1 << 22:
+        n_lo, n_hi = 1, hi // d
+        while n_lo < n_hi:
+            mid = (n_lo + n_hi) // 2
+            if meets(np.int64(mid * d)):
+                n_hi = mid
+            else:
+                n_lo = mid + 1
+        lo, hi = max(1, (n_lo - 2) * d), n_lo * d
+    for start in range(lo, hi + 1, 1 << 20):
+        ms = np.arange(start, min(hi, start + (1 << 20) - 1) + 1, dtype=np.int64)
+        ok = np.nonzero(meets(ms))[0]
+        if ok.size:
+            return int(ms[ok[0]])
+    return int(hi)
+
+
+def _smallest_m(err, target):
+    """The smallest m with ``err.relative_mse(m) <= target``: an int, or beyond ``2**62``
+    projections the whole-block estimate as a float (``inf`` when the error is unbounded)."""
+    target = check_target(target)
     v, c, d = err.mean_single_variance, err.mean_pair_covariance, err.n_features
     if v <= 0:
         return 1
     if not np.isfinite(v):
         return math.inf
-    # For m = n d (whole blocks) relMSE = (v + (d-1)c)/m exactly; a partial last block of r
-    # rows adds c r(r-d)/m², of the sign of -c. So the answer lies between the two
-    # straight-line crossings below (scanned exactly, in chunks). Bounds are computed in
-    # floating point: past 2**62 projections no answer is representable, and none useful.
-    slope = max(v, v + (d - 1) * c) if err.projection != "iid" and d > 1 else v
-    hi = np.ceil(slope / target / d) * d + d
-    if not hi < _M_LIMIT:
-        return float(slope / target)
-    if err.projection == "iid" or d == 1:
-        # relMSE = v/m: the ceiling, then the rounding of v/m itself settled by checking.
-        m = max(1, int(np.ceil(v / target)))
-        while m > 1 and err.relative_mse(m - 1) <= target:
-            m -= 1
-        while err.relative_mse(m) > target:
-            m += 1
-        return m
-    low_slope = min(v, v + (d - 1) * c)
-    lo = max(1, int(np.floor(low_slope / target)) - d)
-    hi = int(hi)
-    lo = min(lo, hi)
-    if hi - lo > 1 << 22:
-        # A tiny target: find the first whole block that meets it by bisection (the
-        # whole-block line is decreasing in m), then scan the block before it.
-        n_lo, n_hi = 1, hi // d
-        while n_lo < n_hi:
-            mid = (n_lo + n_hi) // 2
-            if err.relative_mse(mid * d) <= target:
-                n_hi = mid
-            else:
-                n_lo = mid + 1
-        lo, hi = max(1, (n_lo - 1) * d + 1), n_lo * d
-    for start in range(lo, hi + 1, 1 << 20):
-        ms = np.arange(start, min(hi, start + (1 << 20) - 1) + 1, dtype=np.int64)
-        ok = np.nonzero(err.relative_mse(ms) <= target)[0]
-        if ok.size:
-            return int(ms[ok[0]])
-    return int(hi)
+    # relMSE = v/m + (P/m²) c, exactly (v + (d-1)c)/m at whole blocks; iid rows: v/m.
+    coupled = err.projection != "iid" and d > 1
+    whole = v + (d - 1) * c if coupled else v
+    low, high = sorted((whole, v))
+    return smallest_m(
+        lambda m: err.relative_mse(m) <= target, low / target, high / target, d if coupled else 1
+    )
 
 
 _M_LIMIT = 2.0**62
