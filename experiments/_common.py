@@ -35,6 +35,7 @@ matplotlib.use("Agg")
 
 import joblib
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 from scipy import stats
 from tqdm.auto import tqdm
@@ -296,6 +297,16 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+def plain_log_ticks(ax, values, axis="x"):
+    """A log axis ticked at ``values`` with plain labels and no minor labels (matplotlib's
+    default labels every minor tick of a short log range, and they overlap)."""
+    values = np.asarray(values)
+    setter = ax.set_xticks if axis == "x" else ax.set_yticks
+    getattr(ax, f"set_{axis}scale")("log")
+    setter(values, [fmt(v) for v in values])
+    getattr(ax, f"{axis}axis").set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def save_figure(fig, path):
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -525,3 +536,61 @@ def iid_sq_error_sd(estimator, x, y, m):
     m = np.asarray(m, dtype=float)
     e4 = (mu4 + 3 * (m - 1) * mu2**2) / m**3
     return np.sqrt(np.maximum(e4 - (mu2 / m) ** 2, 0.0))
+
+
+# --------------------------------------------------------------------------- attention data
+
+
+def add_attention_data_argument(p):
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="your own attention inputs: an .npz with arrays Q (L, d), K (L, d) and "
+        "optionally V (L, d_v), or an (n, d) .npy whose rows attend to themselves "
+        "(Q = K = rows); V ~ N(0, 1) when not given; at most the mode's L rows are used",
+    )
+
+
+def load_attention_data(path, max_rows, seed):
+    """``(Q, K, V, source)`` in float64 from ``--data`` (see :func:`add_attention_data_argument`).
+
+    Rows beyond ``max_rows`` are subsampled (the same rows of Q, K and V) with ``seed``.
+    """
+    path = Path(path)
+    rng = np.random.default_rng(seed)
+    if path.suffix == ".npz":
+        with np.load(path) as f:
+            if "Q" not in f or "K" not in f:
+                raise SystemExit(f"--data {path}: an .npz needs arrays 'Q' and 'K' (and 'V')")
+            Q, K = f["Q"], f["K"]
+            V = f["V"] if "V" in f else None
+    else:
+        Q = K = np.load(path)
+        V = None
+    if Q.ndim != 2 or K.ndim != 2 or Q.shape[1] != K.shape[1] or len(Q) < 2 or len(K) < 2:
+        raise SystemExit(
+            f"--data {path}: Q and K must be (L, d) arrays with the same d and L >= 2, got "
+            f"{Q.shape} and {K.shape}"
+        )
+    if V is None:
+        V = rng.standard_normal((len(K), Q.shape[1]))
+    if V.ndim != 2 or len(V) != len(K):
+        raise SystemExit(f"--data {path}: V must be (L_k, d_v) with L_k = {len(K)}, got {V.shape}")
+    if len(Q) > max_rows:
+        Q = Q[np.sort(rng.choice(len(Q), max_rows, replace=False))]
+    if len(K) > max_rows:
+        keep = np.sort(rng.choice(len(K), max_rows, replace=False))
+        K, V = K[keep], V[keep]
+    Q, K, V = (np.asarray(X, dtype=np.float64) for X in (Q, K, V))
+    if not all(np.isfinite(X).all() for X in (Q, K, V)):
+        raise SystemExit(f"--data {path}: the arrays hold NaN or inf")
+    return Q, K, V, str(path)
+
+
+def scaled_norm(Q, K):
+    """The root-mean-square of ``|x|/d^{1/4}`` over the rows of Q and K (the norm of the
+    inputs after the logit scaling ``q·k/√d = (q/d^{1/4})·(k/d^{1/4})``)."""
+    d = Q.shape[1]
+    sq = np.concatenate([np.einsum("ij,ij->i", X, X) for X in (Q, K)])
+    return float(np.sqrt(sq.mean() / np.sqrt(d)))

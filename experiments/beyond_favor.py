@@ -794,7 +794,8 @@ def _plot(ctx, curves, batch, B, reg, attn, attn_setting):
                 color=f"C{i}",
                 label=label,
             )
-        ax.set(xscale="log", yscale="log", xlabel="projections m", ylabel="attention output MSE")
+        C.plain_log_ticks(ax, attn_setting[(d, scale)]["ms"])
+        ax.set(yscale="log", xlabel="projections m", ylabel="attention output MSE")
         ax.set_title(f"attention vs exact, d={d}, q,k×{scale}", fontsize=9)
         ax.legend(fontsize=6)
     # (f): regimes

@@ -5,6 +5,10 @@
 verdict and links to the figure and the summary. A FAIL is a result and is reported, not an
 error: the exit status is 1 only if an experiment crashed (or, with ``--strict``, if any
 claim FAILed).
+
+On your own data, run one experiment with ``--data``: ``variance_vs_features`` (an (n, d)
+.npy of vectors), ``attention_error`` and ``attention_regimes`` (an .npz of Q, K and V, or an
+(n, d) .npy that attends to itself); see ``python experiments/<name>.py --help``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ EXPERIMENTS = [
     "orthogonal_vs_iid",
     "smreg",
     "attention_error",
+    "attention_regimes",
     "uniform_convergence",
     "official_pitfalls",
     "beyond_favor",
@@ -40,7 +45,7 @@ def parse(argv):
         dest="mode",
         action="store_const",
         const="quick",
-        help="reduced repeats, about 3-4 minutes on 2 cores (what make reproduce runs)",
+        help="reduced repeats, about 2 minutes on 2 cores (what make reproduce runs)",
     )
     g.add_argument(
         "--full",

@@ -216,7 +216,7 @@ def _plot(ctx, err, Ls, ms, Rs, d):
 
     mean = err.mean(axis=1)
     sd = err.std(axis=1, ddof=1) if err.shape[1] > 1 else np.zeros_like(mean)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5.6), layout="constrained")
     iR = len(Rs) // 2
     cmap = plt.get_cmap("viridis")
     ax = axes[0]
@@ -236,28 +236,30 @@ def _plot(ctx, err, Ls, ms, Rs, d):
         )
     ref = mean[iR, 0, 0, -1] * np.sqrt(ms[0] / ms)
     ax.plot(ms, ref, "k:", lw=1.2, label="theorem's m^(-1/2), anchored")
+    C.plain_log_ticks(ax, ms)
     ax.set(
-        xscale="log",
         yscale="log",
         xlabel="number of random projections m",
         ylabel="max-entry error ‖Â − A‖∞",
         title=f"R = {Rs[iR]}, d = {d} (mean ± sd)",
     )
-    ax.legend(fontsize=6)
+    # Legends below the axes: inside, every corner holds data.
+    below = {"loc": "upper center", "bbox_to_anchor": (0.5, -0.16), "ncol": 2, "fontsize": 7}
+    ax.legend(**below)
     ax = axes[1]
     for j in (0, len(ms) // 2, len(ms) - 1):
         for i, R in enumerate(Rs):
             ax.errorbar(
                 Ls, mean[i, 0, j], yerr=sd[i, 0, j], fmt="o-", ms=3, label=f"m={ms[j]}, R={R}"
             )
+    C.plain_log_ticks(ax, Ls)
     ax.set(
-        xscale="log",
         yscale="log",
         xlabel="sequence length L (nested prefixes)",
         ylabel="max-entry error ‖Â − A‖∞",
         title="trig ORF: error vs L at fixed m",
     )
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(**below)
     ax = axes[2]
     xr = Rs**2 / np.sqrt(d)
     for j in (0, len(ms) - 1):

@@ -274,7 +274,9 @@ def _plot(ctx, X, Y, ms, mse, mse_se, closed, bound, d):
     import matplotlib.pyplot as plt
 
     n = X.shape[0]
-    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.2), squeeze=False)
+    fig, axes = plt.subplots(
+        1, n, figsize=(4.6 * n, 5.2), squeeze=False, sharey=False, layout="constrained"
+    )
     colors = {"trig": "tab:blue", "positive": "tab:orange", "hyperbolic": "tab:green"}
     sm2 = theory.softmax_kernel(X, Y) ** 2
     for i, ax in enumerate(axes[0]):
@@ -305,13 +307,16 @@ def _plot(ctx, X, Y, ms, mse, mse_se, closed, bound, d):
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("number of random projections m")
-        ax.set_ylabel("relative MSE = MSE / SM(x,y)²  (dimensionless)")
+        if i == 0:
+            ax.set_ylabel("relative MSE = MSE / SM(x,y)²  (dimensionless)")
         ax.set_title(
             f"|x|={np.linalg.norm(X[i]):.2f}, |y|={np.linalg.norm(Y[i]):.2f}, "
             f"angle={_angle(X[i], Y[i]):.2f} rad",
             fontsize=9,
         )
-    axes[0, 0].legend(fontsize=6, loc="lower left")
+    fig.legend(
+        *axes[0, 0].get_legend_handles_labels(), fontsize=7, ncols=4, loc="outside lower center"
+    )
     fig.suptitle(f"Lemma 2: MSE vs number of features (d={d}; dotted line: m = d)")
     C.save_figure(fig, ctx.path(f"{NAME}.png"))
 

@@ -31,7 +31,8 @@ def _run(name, tmp_path, *extra):
 def test_experiment_smoke_end_to_end(name, tmp_path):
     _, claims = _run(name, tmp_path)
     out = tmp_path / name
-    assert claims and all(c.verdict in ("PASS", "FAIL") for c in claims)
+    assert claims and all(c.verdict in ("PASS", "FAIL", "UNVERIFIABLE") for c in claims)
+    assert all(c.reason for c in claims if c.verdict == "UNVERIFIABLE")
     parsed = C.parse_summary(out / "summary.md")
     assert [p["verdict"] for p in parsed] == [c.verdict for c in claims]
     assert [p["claim"] for p in parsed] == [c.claim for c in claims]
@@ -240,3 +241,82 @@ def test_report_opens_with_the_tally_and_reasons(tmp_path, monkeypatch):
     assert tally < first_claim and "UNVERIFIABLE" in report[tally]
     reasons = [line for line in report if line[:3] == "1. "]
     assert reasons and "needed:" in reasons[0]
+
+
+def _digits(tmp_path):
+    from sklearn.datasets import load_digits
+    from sklearn.preprocessing import StandardScaler
+
+    X = StandardScaler().fit_transform(load_digits().data)
+    np.save(tmp_path / "digits.npy", X)
+    return tmp_path / "digits.npy", X
+
+
+def test_attention_error_on_user_data(tmp_path):
+    """An .npz of Q, K, V replaces the protocols; the CSV and the metadata carry its real
+    shapes; a file without K is refused with a message."""
+    rng = np.random.default_rng(0)
+    Q, K = rng.normal(scale=0.25, size=(2, 96, 6))
+    V = rng.normal(size=(96, 3))
+    np.savez(tmp_path / "qkv.npz", Q=Q, K=K, V=V)
+    _, claims = _run("attention_error", tmp_path, "--data", str(tmp_path / "qkv.npz"))
+    rows = C.read_csv(tmp_path / "attention_error" / "attention_error.csv")
+    assert {r["protocol"] for r in rows} == {"data"} and {r["d"] for r in rows} == {"6"}
+    assert [c.claim for c in claims] and all("protocol data" in c.claim for c in claims)
+    summary = (tmp_path / "attention_error" / "summary.md").read_text()
+    assert '"d": 6' in summary and '"d_v": 3' in summary and '"L": 96' in summary
+    np.savez(tmp_path / "bad.npz", Q=Q)
+    with pytest.raises(SystemExit, match="'K'"):
+        _run("attention_error", tmp_path, "--data", str(tmp_path / "bad.npz"))
+
+
+def test_heavy_tailed_attention_data_is_unverifiable_not_pass(tmp_path):
+    """Standardized digits attending to themselves (s = |x|/d^{1/4} ≈ 2.8): every
+    prediction is heavy-tailed, so the check of the prediction is UNVERIFIABLE, with the
+    reason in the report line."""
+    path, _ = _digits(tmp_path)
+    _, claims = _run("attention_error", tmp_path, "--data", str(path))
+    assert [c.verdict for c in claims] == ["UNVERIFIABLE"]
+    assert "heavy tails" in claims[0].why()
+
+
+def test_attention_regimes_rescales_user_data(tmp_path):
+    """The regime map sweeps the user's data over the scales, records the data's own scale
+    and real d, writes the measured and predicted errors, and calls a comparison whose
+    every cell is heavy-tailed UNVERIFIABLE."""
+    path, X = _digits(tmp_path)
+    _, claims = _run("attention_regimes", tmp_path, "--data", str(path))
+    out = tmp_path / "attention_regimes"
+    summary = (out / "summary.md").read_text()
+    assert '"d": 64' in summary
+    own = float(np.sqrt(np.mean(np.sum(X**2, axis=1)) / 8.0))
+    assert f"{own:.3g}"[:3] in summary
+    errors = C.read_csv(out / "attention_regimes_errors.csv")
+    top = [r["heavy_tailed"] for r in errors if float(r["scale"]) == 2.0]
+    assert top and all(h == "True" for h in top)
+    err = {
+        float(r["scale"]): float(r["measured_relative_error"])
+        for r in errors
+        if (r["estimator"], r["projection"]) == ("positive", "iid")
+    }
+    assert err[0.5] < err[2.0]
+    cells = C.read_csv(out / "attention_regimes.csv")
+    assert {r["class"] for r in cells} <= {"holds", "n.s.", "reversed"}
+    for claim in claims[:-1]:
+        text = claim.claim.split(": ")[1].split(" attention")[0]
+        all_heavy = all(r["heavy_tailed"] == "True" for r in cells if r["claim"] == text)
+        assert (claim.verdict == "UNVERIFIABLE") == all_heavy
+
+
+def test_paired_z_and_regions():
+    import attention_regimes as R
+
+    rng = np.random.default_rng(0)
+    worse = np.exp(rng.normal(size=12))
+    assert R.paired_z(worse / 3.0, worse) > 5  # better by a factor 3 every time
+    assert R.paired_z(worse * 3.0, worse) < -5
+    assert R.paired_z(worse, worse) == 0.0
+    z_noise = R.paired_z(worse * np.exp(rng.normal(scale=0.1, size=12)), worse)
+    assert abs(z_noise) < 4
+    runs = R._runs([0.25, 0.5, 1, 2], ["holds", "holds", "n.s.", "holds"])
+    assert runs == {"holds": "0.25–0.5, 2", "n.s.": "1"}
