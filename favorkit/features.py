@@ -1,15 +1,20 @@
-"""Random-feature transformers for the softmax and Gaussian kernels.
+"""Random-feature transformers for the softmax, Gaussian, Laplacian, Matérn and arc-cosine
+kernels.
 
-Both transformers follow ``sklearn.kernel_approximation.RBFSampler``: parameters are stored
+The transformers follow ``sklearn.kernel_approximation.RBFSampler``: parameters are stored
 verbatim, all randomness is drawn in ``fit`` (which looks at the data only for its number of
 features), ``transform`` is deterministic, float32 input gives float32 output, and CSR input
 is accepted (the projection is a sparse-dense product; the output is dense).
 
-Kernels (``kernel=``), with ``gamma > 0``:
+Kernels (``kernel=``, defined in :mod:`favorkit.kernels`), with ``gamma > 0`` or
+``gamma="scale"`` (``1 / (n_features X.var())``, as ``RBFSampler``):
 
 * ``"softmax"``:  ``K(x, y) = exp(gamma * x·y)``, the Performer's SM with ``u = sqrt(gamma) x``.
 * ``"gaussian"``: ``K(x, y) = exp(-gamma * |x - y|²)`` (sklearn's RBF convention), which is
   ``SM(u, v) * exp(-|u|²/2) * exp(-|v|²/2)`` with ``u = sqrt(2 gamma) x`` (below Eq. 5).
+* ``"laplacian"`` and ``"matern"`` (:class:`OrthogonalRFF` only): trigonometric features with
+  the kernels' own frequency laws.
+* arc-cosine kernels: :class:`ArcCosineFeatures`.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from favorkit import maps, sampling
+from favorkit import kernels, maps, sampling
 from favorkit._kernels.fastexp import exp_inplace
 from favorkit._kernels.feature_maps import (
     RowTerms,
@@ -42,9 +47,8 @@ from favorkit._validation import (
 from favorkit._warnings import AccuracyWarning, warn
 from favorkit.maps import MapParams, Moments
 
-__all__ = ["OrthogonalRFF", "PositiveRandomFeatures"]
+__all__ = ["ArcCosineFeatures", "OrthogonalRFF", "PositiveRandomFeatures"]
 
-_KERNELS = ("softmax", "gaussian")
 # The accuracy check runs on transforms of at least this many feature entries (n m).
 _CHECK_MIN_WORK = 1 << 20
 # OrthogonalRFF's feature layouts and the maps that produce them.
@@ -56,8 +60,7 @@ class _RandomFeatures(TransformerMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
-        "kernel": [StrOptions(set(_KERNELS))],
-        "gamma": [Interval(numbers.Real, 0.0, None, closed="neither")],
+        "gamma": [Interval(numbers.Real, 0.0, None, closed="neither"), StrOptions({"scale"})],
         "projection": [StrOptions(set(sampling.PROJECTIONS)), "array-like"],
         "random_state": ["random_state", np.random.Generator],
     }
@@ -66,15 +69,29 @@ class _RandomFeatures(TransformerMixin, BaseEstimator):
     def _map(self):
         raise NotImplementedError
 
+    def _kernel_params(self):
+        """The kernel's own parameters besides gamma (Matérn's ``nu``)."""
+        return {}
+
+    def _resolved_projection(self):
+        return self.projection
+
     def _input_scale_sq(self):
         """c² with u = c x (gamma for the softmax kernel, 2 gamma for the Gaussian one)."""
-        return maps.input_scale_sq(self.kernel, self.gamma)
+        return kernels.get(self.kernel).input_scale_sq(self.gamma_)
 
     def _draw(self, X):
-        """Validate X, set ``n_features_in_`` and draw ``projection_``; return (X, rng)."""
+        """Validate X, set ``n_features_in_`` and ``gamma_``, and draw ``projection_`` from
+        the kernel's frequency law; return (X, rng)."""
         X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32])
+        kernel = kernels.get(self.kernel)
+        projection = self._resolved_projection()
+        kernel.check_projection(projection)
+        self.gamma_ = kernels.resolve_gamma(self.gamma, X)
         rng = sampling.resolve_rng(self.random_state)
-        self.projection_ = sampling.draw(self.projection, self.n_components, X.shape[1], rng)
+        self.projection_ = kernel.draw(
+            projection, self.n_components, X.shape[1], rng, **self._kernel_params()
+        )
         self._n_features_out = self._map().width(self.n_components)
         return X, rng
 
@@ -247,8 +264,10 @@ class PositiveRandomFeatures(_RandomFeatures):
         ``"hyperbolic"`` and ``"optimal_hyperbolic"``.
     kernel : {"softmax", "gaussian"}, default="softmax"
         ``exp(gamma x·y)`` or ``exp(-gamma |x - y|²)``.
-    gamma : float > 0, default=1.0
-        Kernel parameter.
+    gamma : float > 0 or "scale", default=1.0
+        The kernel's inverse length scale squared (as in scikit-learn's ``rbf_kernel``);
+        ``"scale"`` is ``1 / (n_features X.var())`` on the data given to ``fit``, as
+        ``RBFSampler``. For the softmax kernel of attention, ``1/sqrt(d)``.
     estimator : {"positive", "hyperbolic", "optimal", "saderf", "optimal_hyperbolic"}, \
             default="positive"
         The paper's SM+ (m columns) or SM-hyp+ (2m columns) estimator, FAVOR++, SADERF or
@@ -264,6 +283,8 @@ class PositiveRandomFeatures(_RandomFeatures):
     ----------
     projection_ : ndarray of shape (n_components, n_features_in_)
         The drawn projection rows ω_i (float64, before the kernel scale c).
+    gamma_ : float
+        The kernel parameter used (``gamma``, or its value for ``"scale"``).
     gerf_a_ : float
         The GERF parameter A (0 for ``"positive"`` and ``"hyperbolic"``, ``A* <= 0`` fitted
         for ``"optimal"``, ``"saderf"`` and ``"optimal_hyperbolic"``).
@@ -314,6 +335,7 @@ class PositiveRandomFeatures(_RandomFeatures):
 
     _parameter_constraints: dict = {
         **_RandomFeatures._parameter_constraints,
+        "kernel": [StrOptions({"softmax", "gaussian"})],
         "estimator": [StrOptions(set(maps.names("exponential")))],
     }
 
@@ -574,6 +596,15 @@ class _PositivePlan:
 class OrthogonalRFF(_RandomFeatures):
     r"""Trigonometric random Fourier features with orthogonal projections.
 
+    Random Fourier features (Rahimi and Recht 2007) for the shift-invariant kernels of
+    :mod:`favorkit.kernels` — Gaussian, Laplacian and Matérn — and the paper's trigonometric
+    estimator of the softmax kernel. Each kernel's frequencies come from its own spectral law:
+    Gaussian rows for the Gaussian kernel, multivariate Student t rows (``2 nu`` degrees of
+    freedom) for the Matérn kernel, iid Cauchy coordinates for the Laplacian one. The
+    Gaussian and Matérn laws are isotropic, so their directions may be orthogonal,
+    structured or quasi-Monte Carlo; the Laplacian law is not, and takes only ``"iid"`` or
+    ``"qmc"`` frequencies (others raise a ``ValueError`` that says why).
+
     For the Gaussian kernel ``exp(-gamma |x - y|²)`` with ``u = sqrt(2 gamma) x``:
     ``φ(x) = [cos(Wu), sin(Wu)] / sqrt(m)`` (2m columns), whose inner products average
     ``cos(ω^T(u - v))`` (Rahimi–Recht; the [cos, sin] pair has lower variance than the
@@ -581,20 +612,30 @@ class OrthogonalRFF(_RandomFeatures):
     ``u = sqrt(gamma) x`` is multiplied by ``h(x) = exp(gamma |x|²/2)``: the paper's
     trigonometric estimator ``SM^trig`` (Sec. 2.3), unbiased but not positive.
 
-    ``features="cos"`` gives ``sqrt(2/m) cos(Wu + b)`` with ``b ~ U[0, 2π)`` (m columns),
-    the estimator of sklearn's ``RBFSampler``, for drop-in comparisons.
+    ``features="cos"`` gives ``sqrt(2/m) cos(Wu + b)`` with ``b ~ U[0, 2π)`` (m columns,
+    named ``orthogonalrff0 …`` as ``RBFSampler`` names its own), the estimator of sklearn's
+    ``RBFSampler``, for drop-in comparisons.
 
     Parameters
     ----------
     n_components : int, default=256
         Number of random projections m.
-    kernel : {"gaussian", "softmax"}, default="gaussian"
-        ``exp(-gamma |x - y|²)`` or ``exp(gamma x·y)``.
-    gamma : float > 0, default=1.0
-        Kernel parameter.
-    projection : {"orthogonal", "iid", "gaussian", "structured", "qmc"} or array of shape \
-            (n_components, n_features), default="orthogonal"
-        How the rows are drawn (see :mod:`favorkit.sampling`).
+    kernel : {"gaussian", "laplacian", "matern", "softmax"}, default="gaussian"
+        ``exp(-gamma |x - y|²)``, ``exp(-gamma |x - y|₁)`` (scikit-learn's
+        ``laplacian_kernel``), the Matérn kernel of smoothness ``nu`` and length scale
+        ``1/sqrt(2 gamma)`` (scikit-learn's ``Matern(length_scale=1/sqrt(2 gamma), nu)``; its
+        ``nu -> ∞`` limit is the Gaussian kernel with the same gamma), or ``exp(gamma x·y)``.
+    gamma : float > 0 or "scale", default=1.0
+        The kernel's inverse scale (see ``kernel``); ``"scale"`` is
+        ``1 / (n_features X.var())`` on the data given to ``fit``, as ``RBFSampler``.
+    nu : {0.5, 1.5, 2.5}, default=1.5
+        Smoothness of the Matérn kernel (ignored by the other kernels): 0.5 is the
+        exponential kernel ``exp(-sqrt(2 gamma) |x - y|)``.
+    projection : {"auto", "orthogonal", "iid", "gaussian", "structured", "qmc", "simplex"} \
+            or array of shape (n_components, n_features), default="auto"
+        How the frequency directions are drawn (see :mod:`favorkit.sampling`), or fixed
+        frequency rows (used as ``projection_``). ``"auto"`` is ``"orthogonal"``, or ``"iid"``
+        for the Laplacian kernel, which takes ``"iid"``, ``"gaussian"`` or ``"qmc"`` only.
     features : {"cossin", "cos"}, default="cossin"
         ``[cos, sin]`` pairs (2m columns) or cosines with random offsets (m columns).
     random_state : int, RandomState, Generator or None, default=None
@@ -603,7 +644,10 @@ class OrthogonalRFF(_RandomFeatures):
     Attributes
     ----------
     projection_ : ndarray of shape (n_components, n_features_in_)
-        The drawn projection rows (float64, before the kernel scale).
+        The drawn frequency rows (float64, before the kernel scale: ``sqrt(2 gamma)`` for
+        the Gaussian and Matérn kernels, ``gamma`` for the Laplacian one).
+    gamma_ : float
+        The kernel parameter used (``gamma``, or its value for ``"scale"``).
     random_offset_ : ndarray of shape (n_components,)
         Offsets ``b`` (only for ``features="cos"``).
     n_features_in_ : int
@@ -628,10 +672,22 @@ class OrthogonalRFF(_RandomFeatures):
     >>> K = np.exp(-0.5 * ((X[:, None] - X[None]) ** 2).sum(-1))
     >>> float(np.abs(F @ F.T - K).max()) < 0.05
     True
+
+    The Laplacian kernel, against scikit-learn's:
+
+    >>> from sklearn.metrics.pairwise import laplacian_kernel
+    >>> lap = OrthogonalRFF(4000, kernel="laplacian", gamma=0.3, projection="qmc",
+    ...                     random_state=0).fit(X)
+    >>> F = lap.transform(X)
+    >>> float(np.abs(F @ F.T - laplacian_kernel(X, gamma=0.3)).max()) < 0.05
+    True
     """
 
     _parameter_constraints: dict = {
         **_RandomFeatures._parameter_constraints,
+        "kernel": [StrOptions({"gaussian", "laplacian", "matern", "softmax"})],
+        "projection": [StrOptions({"auto", *sampling.PROJECTIONS}), "array-like"],
+        "nu": [numbers.Real],
         "features": [StrOptions(set(_LAYOUTS))],
     }
 
@@ -641,13 +697,15 @@ class OrthogonalRFF(_RandomFeatures):
         *,
         kernel="gaussian",
         gamma=1.0,
-        projection="orthogonal",
+        nu=1.5,
+        projection="auto",
         features="cossin",
         random_state=None,
     ):
         self.n_components = n_components
         self.kernel = kernel
         self.gamma = gamma
+        self.nu = nu
         self.projection = projection
         self.features = features
         self.random_state = random_state
@@ -655,9 +713,18 @@ class OrthogonalRFF(_RandomFeatures):
     def _map(self):
         return maps.get(_LAYOUTS[self.features])
 
+    def _kernel_params(self):
+        return {"nu": kernels.check_nu(self.nu)} if self.kernel == "matern" else {}
+
+    def _resolved_projection(self):
+        if isinstance(self.projection, str) and self.projection == "auto":
+            return "iid" if self.kernel == "laplacian" else "orthogonal"
+        return self.projection
+
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
-        """Draw the projection (and offsets); X is used only for its number of features.
+        """Draw the frequencies (and offsets); X is used only for its number of features
+        (and its variance, for ``gamma="scale"``).
 
         Parameters
         ----------
@@ -702,7 +769,7 @@ class OrthogonalRFF(_RandomFeatures):
             WT = np.ascontiguousarray((self.projection_ * np.sqrt(c2)).T, dtype=dtype)
         if not np.isfinite(WT).all():
             raise ValueError(
-                f"gamma={self.gamma!r} makes the scaled projection overflow {dtype.name}, so no "
+                f"gamma={self.gamma_!r} makes the scaled projection overflow {dtype.name}, so no "
                 f"feature can be computed in {dtype.name}. {fix}"
             )
         # |ω·u| <= |ω|_1 max|u|: if this bound is finite in the dtype the GEMM cannot
@@ -716,7 +783,7 @@ class OrthogonalRFF(_RandomFeatures):
         log_scale = np.full(n, fmap.log_row_scale(m))
         if self.kernel == "softmax":
             with np.errstate(over="ignore"):  # an overflow is an inf log-feature: checked
-                log_scale += 0.5 * self.gamma * _row_sq_norms(X)
+                log_scale += 0.5 * self.gamma_ * _row_sq_norms(X)
             _check_log_features(
                 log_scale,
                 n,
@@ -743,4 +810,132 @@ class OrthogonalRFF(_RandomFeatures):
             fmap.features(z, log_scale[rows], o, offset=offset, vectorized=vectorized)
 
         map_row_blocks(block, n)
+        return out
+
+
+class ArcCosineFeatures(_RandomFeatures):
+    r"""Random features of the arc-cosine kernels (Cho and Saul 2009).
+
+    ``φ(x)_i = sqrt(2/m) Θ(ω_i·x) (ω_i·x)ⁿ`` with ``ω_i ~ N(0, I)`` (rows of
+    :mod:`favorkit.sampling`), non-negative, whose inner products are unbiased for the
+    arc-cosine kernel of degree n,
+
+    .. math:: k_n(x, y) = \frac{1}{\pi} |x|^n |y|^n J_n(θ),
+
+    θ the angle between x and y (:func:`favorkit.kernels.arccos_kernel`): the kernel of an
+    infinitely wide layer of step (n = 0), ReLU (n = 1) or squared-ReLU (n = 2) units, and
+    the kernel behind the Performer's ReLU attention (``FavorAttention(activation="arccos1")``).
+    Orthogonal rows keep each row's law (N(0, I)), so they stay unbiased. The relative MSE
+    of one estimate is ``(2 k_{2n}(x, y) / k_n(x, y)² - 1)/m`` for iid rows
+    (:func:`favorkit.theory.mse_arccos`).
+
+    Parameters
+    ----------
+    n_components : int, default=256
+        Number of random projections m (the output has m columns).
+    degree : {0, 1, 2}, default=1
+        The kernel's degree n.
+    projection : {"orthogonal", "iid", "gaussian", "structured", "qmc", "simplex"} or array \
+            of shape (n_components, n_features), default="orthogonal"
+        How the rows ω_i are drawn (:mod:`favorkit.sampling`), or a fixed matrix.
+    random_state : int, RandomState, Generator or None, default=None
+        Seeds the draw in ``fit``.
+
+    Attributes
+    ----------
+    projection_ : ndarray of shape (n_components, n_features_in_)
+        The drawn rows ω_i (float64).
+    n_features_in_ : int
+        Number of features seen in ``fit``.
+    feature_names_in_ : ndarray of shape (n_features_in_,)
+        Names of the features seen in ``fit`` (only when X has string column names).
+
+    See Also
+    --------
+    sklearn.kernel_approximation.Nystroem : a data-dependent approximation of any kernel.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkit import ArcCosineFeatures
+    >>> from favorkit.kernels import arccos_kernel
+    >>> X = np.random.default_rng(0).normal(size=(5, 3))
+    >>> F = ArcCosineFeatures(20000, degree=1, random_state=0).fit_transform(X)
+    >>> bool(np.all(F >= 0))
+    True
+    >>> K = arccos_kernel(X, X, degree=1)
+    >>> float(np.abs(F @ F.T - K).max() / K.max()) < 0.05
+    True
+    """
+
+    _parameter_constraints: dict = {
+        "n_components": [Interval(numbers.Integral, 1, None, closed="left")],
+        "degree": [Interval(numbers.Integral, 0, 2, closed="both")],
+        "projection": [StrOptions(set(sampling.PROJECTIONS)), "array-like"],
+        "random_state": ["random_state", np.random.Generator],
+    }
+
+    def __init__(self, n_components=256, *, degree=1, projection="orthogonal", random_state=None):
+        self.n_components = n_components
+        self.degree = degree
+        self.projection = projection
+        self.random_state = random_state
+
+    def _map(self):
+        return maps.get(f"arccos{self.degree}")
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Draw the projection; X is used only for its number of features.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            Training data.
+        y : None
+            Ignored.
+
+        Returns
+        -------
+        self : ArcCosineFeatures
+        """
+        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32])
+        rng = sampling.resolve_rng(self.random_state)
+        self.projection_ = sampling.draw(self.projection, self.n_components, X.shape[1], rng)
+        self._n_features_out = self.n_components
+        return self
+
+    def transform(self, X):
+        """Map X to arc-cosine random features.
+
+        Parameters
+        ----------
+        X : {array-like, sparse matrix} of shape (n_samples, n_features)
+            New data, float32 or float64 (other dtypes become float64).
+
+        Returns
+        -------
+        X_new : ndarray of shape (n_samples, n_components)
+            Non-negative features in X's floating dtype.
+        """
+        X = self._validated(X)
+        dtype = X.dtype
+        fmap = self._map()
+        WT = np.ascontiguousarray(self.projection_.T, dtype=dtype)
+        out = np.empty((X.shape[0], self.n_components), dtype=dtype)
+
+        def block(rows):
+            o = out[rows]
+            with np.errstate(over="ignore", invalid="ignore"):
+                _project_into(X[rows], WT, o)
+                fmap.features(o, o)
+
+        map_row_blocks(block, X.shape[0])
+        if not np.isfinite(out).all():
+            n_bad = int((~np.isfinite(out).all(axis=1)).sum())
+            raise ValueError(
+                f"{n_bad} of {X.shape[0]} rows of X give features that overflow {dtype.name} "
+                f"(Θ(ω·x)(ω·x)^{self.degree}). Scale X down"
+                + (", or pass float64 data." if dtype == np.float32 else ".")
+            )
         return out

@@ -25,6 +25,9 @@ name            features of ``u`` (with ``1/sqrt(m)``; ``Λ(u) = e^{-|u|²/2}``)
                 kernel)
 ``cos``         ``sqrt(2) cos(ω·u + b)``, ``b ~ U[0, 2π)``: scikit-learn's          1
                 ``RBFSampler``
+``arccos0`` …   ``sqrt(2) Θ(ω·u) (ω·u)ⁿ``, n = 0, 1, 2: the arc-cosine kernels      1
+                (Cho and Saul 2009; degree 1 is the Performer-ReLU of Eq. 5 as a
+                random-feature estimator)
 ``relu`` …      deterministic activations of attention (any f in Eq. 5):            1
                 ``f(ω·u) + ε`` with ``f`` relu, elu + 1, exp, abs or a callable
 ==============  =================================================================  ========
@@ -64,6 +67,7 @@ from favorkit._kernels.feature_maps import cos_offset_rows_inplace, cos_sin_rows
 __all__ = [
     "MAPS",
     "ActivationMap",
+    "ArcCosineMap",
     "CosOffsetMap",
     "ExponentialMap",
     "FeatureMap",
@@ -76,7 +80,6 @@ __all__ = [
     "SecondMoment",
     "TrigMap",
     "get",
-    "input_scale_sq",
     "names",
     "optimal_gerf_a",
 ]
@@ -151,12 +154,6 @@ class MapParams:
     @classmethod
     def identity(cls, d):
         return cls(0.0, np.ones(d))
-
-
-def input_scale_sq(kernel, gamma):
-    """``c²`` with ``u = c x``: ``gamma`` for the softmax kernel ``exp(gamma x·y)``, ``2 gamma``
-    for the Gaussian kernel ``exp(-gamma |x - y|²) = SM(u, v) Λ(u) Λ(v)``."""
-    return gamma if kernel == "softmax" else 2.0 * gamma
 
 
 def optimal_gerf_a(phi, d):
@@ -318,6 +315,7 @@ class FeatureMap:
 
     name = ""
     blocks = ("",)
+    needs_projection = True
     exponential = False
     fitted = False
     attention_estimator = False
@@ -562,7 +560,7 @@ class CosOffsetMap(FeatureMap):
     (scikit-learn's ``RBFSampler``)."""
 
     name = "cos"
-    blocks = ("cos",)
+    blocks = ("",)  # one block, named as RBFSampler names its columns
     offsets = True
     in_place = True  # the features overwrite the projections
 
@@ -590,12 +588,52 @@ class ActivationMap(FeatureMap):
     attention it gives is defined by ``f``.
     """
 
+    adds_epsilon = True  # attention adds its activation_epsilon to these features
+    needs_projection = False  # f(x̃) itself, or f(W x̃) with a projection
+
     def __init__(self, name, function):
         self.name = name
         self.function = function
 
     def __call__(self, Z):
         return self.function(Z)
+
+
+class ArcCosineMap(ActivationMap):
+    """Arc-cosine features ``sqrt(2/m) Θ(ω·x) (ω·x)ⁿ`` (Cho and Saul 2009), ``ω ~ N(0, I)``.
+
+    An unbiased estimator of the arc-cosine kernel of degree n
+    (:func:`favorkit.kernels.arccos_kernel`); as an attention "activation" (Eq. 5) it is
+    ReLU attention for n = 1 with the constant and no ``ε``, whose exact attention is
+    :func:`favorkit.kernel_attention`.
+    """
+
+    adds_epsilon = False  # an estimator: ε would bias it
+    needs_projection = True
+
+    def __init__(self, degree):
+        self.degree = degree
+        super().__init__(f"arccos{degree}", self._activation)
+
+    def _activation(self, Z):
+        """``Θ(z) zⁿ`` in place (without the constant, which attention's ratio cancels)."""
+        if self.degree == 0:
+            return np.greater(Z, 0, out=Z, casting="unsafe")
+        np.maximum(Z, 0, out=Z)
+        if self.degree == 2:
+            np.multiply(Z, Z, out=Z)
+        return Z
+
+    def log_row_scale(self, m):
+        return 0.5 * np.log(2 / m)
+
+    def features(self, z, out):
+        """``out = sqrt(2/m) Θ(z) zⁿ`` for projections ``z`` (n, m); ``out`` may be ``z``."""
+        if out is not z:
+            out[...] = z
+        self._activation(out)
+        out *= out.dtype.type(np.exp(self.log_row_scale(z.shape[1])))
+        return out
 
 
 def _elu_plus_one(Z):
@@ -615,6 +653,7 @@ MAPS = {
     "elu": ActivationMap("elu", _elu_plus_one),
     "exp": ActivationMap("exp", exp_inplace),
     "abs": ActivationMap("abs", lambda Z: np.abs(Z, out=Z)),
+    **{f"arccos{n}": ArcCosineMap(n) for n in (0, 1, 2)},
 }
 
 

@@ -269,7 +269,7 @@ def qmc(n_components, n_features, random_state=None):
         )
     seed = _seed_from(resolve_rng(random_state))
     sobol = stats.qmc.Sobol(n_features, scramble=True, seed=np.random.default_rng(seed))
-    u = sobol.random_base2(max(0, (n_components - 1).bit_length()))[:n_components]
+    u = sobol.random_base2(max(0, (int(n_components) - 1).bit_length()))[:n_components]
     # Scrambled points are never exactly 0 or 1, but guard against ±inf all the same.
     eps = np.finfo(np.float64).eps
     return stats.norm.ppf(np.clip(u, eps, 1.0 - eps))

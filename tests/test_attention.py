@@ -1015,9 +1015,9 @@ def test_bad_parameters():
         favor_attention(Q, K, V, estimator="cos")
     with pytest.raises(ValueError, match="'n_components' parameter of favor_attention must be an"):
         favor_attention(Q, K, V, n_components=0)
-    with pytest.raises(ValueError, match="only for generalized kernels"):
+    with pytest.raises(ValueError, match="only for deterministic activations"):
         favor_attention(Q, K, V, projection=None)
-    with pytest.raises(ValueError, match="only for generalized kernels"):
+    with pytest.raises(ValueError, match="only for deterministic activations"):
         FavorAttention(projection=None).fit(Q)
     with pytest.raises(ValueError, match="same shape"):
         favor_attention(Q, K, V, activation=lambda z: z[:, :1])

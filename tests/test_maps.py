@@ -162,5 +162,6 @@ def test_every_map_through_its_users(name):
         rff = OrthogonalRFF(8, features=features, random_state=0).fit(X)
         assert rff.transform(X).shape == (30, fmap.width(8))
         assert_array_equal(
-            rff.get_feature_names_out()[::8], [f"orthogonalrff_{b}0" for b in fmap.blocks]
+            rff.get_feature_names_out()[::8],
+            [f"orthogonalrff{'_' + b if b else ''}0" for b in fmap.blocks],
         )

@@ -1,8 +1,8 @@
-"""scikit-learn's common estimator checks for both transformers."""
+"""scikit-learn's common estimator checks for the transformers, every kernel."""
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from favorkit import OrthogonalRFF, PositiveRandomFeatures
+from favorkit import ArcCosineFeatures, OrthogonalRFF, PositiveRandomFeatures
 
 # check_fit_idempotent feeds X ~ N(100, 1) (|x|² ~ 2e4). The positive features of either
 # kernel are exp(ω·u - |u|²/2 ...) with u = sqrt(gamma) x (or sqrt(2 gamma) x): at gamma=1
@@ -36,6 +36,15 @@ ESTIMATORS = [
         projection="qmc",
         random_state=0,
     ),
+    OrthogonalRFF(n_components=8, kernel="laplacian", gamma="scale", random_state=0),
+    OrthogonalRFF(
+        n_components=8, kernel="laplacian", projection="qmc", features="cos", random_state=0
+    ),
+    *(OrthogonalRFF(n_components=8, kernel="matern", nu=nu, random_state=0) for nu in (0.5, 2.5)),
+    OrthogonalRFF(
+        n_components=8, kernel="matern", nu=1.5, gamma="scale", projection="qmc", random_state=0
+    ),
+    *(ArcCosineFeatures(n_components=8, degree=n, random_state=0) for n in (0, 1, 2)),
 ]
 
 # Expected failures, each with its reason.

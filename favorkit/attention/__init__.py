@@ -1,9 +1,10 @@
 """FAVOR attention (Performer) and exact softmax attention, in O(L) memory on CPU.
 
-Three public names:
+Four public names:
 
 * :func:`softmax_attention`: the exact reference ``softmax(scale Q K^T) V`` with
-  log-sum-exp and float64 accumulation, in query row blocks (L = 32 768 fits in memory).
+  log-sum-exp and float64 accumulation, in query row blocks (L = 32 768 fits in memory);
+  :func:`kernel_attention` the same for other non-negative kernels (arc-cosine).
 * :func:`favor_attention`: the functional core of linear attention with random features
   (Choromanski et al. 2021, Eq. 4 and App. B, Eq. 11): bidirectional ``φ(Q) (φ(K)^T [V 1])``,
   or causal prefix sums of ``φ(k_j) [v_j 1]^T``, never forming an L x L matrix, an
@@ -18,7 +19,7 @@ that never leaks nor underflows) and ``_favor`` (the public layer). The feature 
 themselves are those of :mod:`favorkit.maps`.
 """
 
-from favorkit.attention._exact import softmax_attention
+from favorkit.attention._exact import kernel_attention, softmax_attention
 from favorkit.attention._favor import FavorAttention, favor_attention
 
-__all__ = ["FavorAttention", "favor_attention", "softmax_attention"]
+__all__ = ["FavorAttention", "favor_attention", "kernel_attention", "softmax_attention"]

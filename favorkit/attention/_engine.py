@@ -305,7 +305,7 @@ class SignedFeatures:
                     f"same shape, got {F.shape}."
                 )
             F = F.astype(self.dtype, copy=False)
-        if self.eps:
+        if self.eps and self.map.adds_epsilon:
             F = F + self.dtype.type(self.eps)
         if not np.isfinite(F).all():
             raise ValueError(

@@ -1,4 +1,5 @@
-"""Exact softmax attention, the reference for FAVOR: log-sum-exp in float64, in blocks."""
+"""Exact attention, the reference for FAVOR: softmax attention with log-sum-exp in float64,
+and attention with any other non-negative kernel, in blocks of query rows."""
 
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ from favorkit.attention._inputs import (
     prepare,
     resolve_scale,
 )
+from favorkit.kernels import arccos_kernel
 
-__all__ = ["softmax_attention"]
+__all__ = ["kernel_attention", "softmax_attention"]
 
 
 @validate_params(
@@ -121,4 +123,98 @@ def softmax_attention(Q, K, V, *, causal=False, scale=None, key_padding_mask=Non
 
     with np.errstate(under="ignore"):
         map_row_blocks(task, n_seq * nb, block_rows=1)
+    return out.reshape(*batch, Lq, dv)
+
+
+@validate_params(
+    {**ARRAYS, "causal": PARAMETERS["causal"]},
+    prefer_skip_nested_validation=True,
+)
+def kernel_attention(Q, K, V, kernel="arccos1", *, causal=False, key_padding_mask=None):
+    """Exact attention with a non-negative kernel: ``out_i = Σ_j k(q_i, k_j) v_j / Σ_j k(q_i,
+    k_j)`` — the reference of generalized attention (Choromanski et al. 2021, Eq. 5).
+
+    Computed in float64 in blocks of query rows (memory a few MiB beyond the inputs).
+
+    Parameters
+    ----------
+    Q : array-like of shape (..., L_q, d)
+    K : array-like of shape (..., L_k, d)
+    V : array-like of shape (..., L_k, d_v)
+    kernel : {"arccos0", "arccos1", "arccos2"} or callable, default="arccos1"
+        The arc-cosine kernel of that degree (:func:`favorkit.kernels.arccos_kernel`,
+        estimated by ``FavorAttention(activation="arccos<n>")``), or a callable
+        ``k(X, Y) -> (len(X), len(Y))`` array of non-negative values. The arc-cosine
+        kernels are homogeneous, so FAVOR's scaling of q and k by ``d^{-1/4}`` does not
+        change their attention.
+    causal : bool, default=False
+        Query ``t`` attends to keys ``j <= t`` only.
+    key_padding_mask : bool array, default=None
+        As in :func:`softmax_attention` (True = padded).
+
+    Returns
+    -------
+    out : ndarray of shape (..., L_q, d_v)
+        float32 if all inputs are float32, else float64. A query whose weights are all 0
+        (it sees no key, or the kernel is 0 on every key it sees) gets a zero row.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from favorkit import FavorAttention, kernel_attention
+    >>> rng = np.random.default_rng(0)
+    >>> Q, K, V = rng.normal(size=(3, 64, 8))
+    >>> exact = kernel_attention(Q, K, V, "arccos1")
+    >>> approx = FavorAttention(4096, activation="arccos1", random_state=0).fit(Q).attend(Q, K, V)
+    >>> bool(np.linalg.norm(approx - exact) / np.linalg.norm(exact) < 0.1)
+    True
+    """
+    if isinstance(kernel, str):
+        if kernel not in ("arccos0", "arccos1", "arccos2"):
+            raise ValueError(
+                f'kernel must be "arccos0", "arccos1", "arccos2" or a callable, got {kernel!r}.'
+            )
+        degree = int(kernel[-1])
+
+        def weights_of(q, k):
+            return arccos_kernel(q, k, degree)
+
+    elif callable(kernel):
+        weights_of = kernel
+    else:
+        raise ValueError(f"kernel must be a name or a callable, got {kernel!r}.")
+    Qf, Kf, Vf, mask, batch, dtype = prepare(Q, K, V, key_padding_mask, causal)
+    for X, name in ((Qf, "Q"), (Kf, "K"), (Vf, "V")):
+        check_finite(X, name)
+    n_seq, Lq, _ = Qf.shape
+    Lk, dv = Vf.shape[1:]
+    out = np.empty((n_seq, Lq, dv), dtype=dtype)
+    block = max(1, min(Lq, current_tuning().exact_block_elems // Lk))
+    nb = -(-Lq // block)
+
+    def task(rows):
+        n, b = divmod(rows.start, nb)
+        lo, hi = b * block, min(Lq, (b + 1) * block)
+        kend = min(Lk, hi) if causal else Lk
+        w = np.asarray(
+            weights_of(Qf[n, lo:hi].astype(np.float64), Kf[n, :kend].astype(np.float64)),
+            dtype=np.float64,
+        )
+        if w.shape != (hi - lo, kend) or not (np.isfinite(w).all() and (w >= 0).all()):
+            raise ValueError(
+                "The kernel must give finite non-negative weights of shape (len(X), len(Y)); "
+                f"got shape {w.shape}."
+            )
+        if causal:
+            w[np.arange(kend)[None, :] > np.arange(lo, hi)[:, None]] = 0.0
+        if mask is not None:
+            w[:, mask[n, :kend]] = 0.0
+        den = w.sum(axis=1)
+        res = w @ Vf[n, :kend].astype(np.float64)
+        empty = ~(den > 0)
+        res /= np.where(empty, 1.0, den)[:, None]
+        res[empty] = 0.0
+        out[n, lo:hi] = res
+
+    map_row_blocks(task, n_seq * nb, block_rows=1)
     return out.reshape(*batch, Lq, dv)

@@ -146,7 +146,11 @@ def favor_attention(
     Generalized attention (Eq. 5 with any f) replaces the estimator by a deterministic
     ``activation``: ``"relu"``, ``"elu"`` (elu + 1), ``"exp"``, ``"abs"`` or a callable
     ``f`` give ``φ(x) = f(W x̃) + activation_epsilon`` (or ``f(x̃) + activation_epsilon``
-    with ``projection=None``); it approximates no kernel, softmax included.
+    with ``projection=None``); it approximates no kernel, softmax included. The exception is
+    ``"arccos0"``, ``"arccos1"`` (ReLU) and ``"arccos2"``: ``Θ(W x̃)(W x̃)ⁿ`` without
+    ``activation_epsilon`` is the random-feature estimator of the arc-cosine kernel of
+    degree n (Cho and Saul 2009), whose exact attention is
+    :func:`~favorkit.kernel_attention`.
 
     Numerics. The positive estimators (all but ``"trig"``) are computed in log space with one
     reference per feature column, so for any finite input every output row that sees a key
@@ -174,9 +178,10 @@ def favor_attention(
             "optimal_hyperbolic"}, default="positive"
         The random-feature map (:mod:`favorkit.maps`). The fitted maps (``"optimal"``,
         ``"saderf"``, ``"optimal_hyperbolic"``) need ``causal=False`` (see above).
-    activation : {"relu", "elu", "exp", "abs"}, callable or None, default=None
-        Generalized attention with this deterministic activation instead of an estimator
-        of the kernel.
+    activation : {"relu", "elu", "exp", "abs", "arccos0", "arccos1", "arccos2"}, callable \
+            or None, default=None
+        Generalized attention with this activation instead of an estimator of the softmax
+        kernel (``"arccos<n>"``: the arc-cosine kernel's estimator).
     projection : str, array of shape (m, d) or None, default="orthogonal"
         A sampler name from :mod:`favorkit.sampling`, a fixed matrix, or None (activations
         only: no projection).
@@ -264,9 +269,12 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         sequence and head, in bidirectional attention, and use ``causal_gerf_a_`` /
         ``causal_query_scale_`` (fitted in :meth:`fit`) in causal attention, where per-call
         statistics would leak the future.
-    activation : {"relu", "elu", "exp", "abs"}, callable or None, default=None
+    activation : {"relu", "elu", "exp", "abs", "arccos0", "arccos1", "arccos2"}, callable \
+            or None, default=None
         The paper's generalized attention ``φ(x) = f(W x̃) + activation_epsilon`` (Eq. 5)
-        with this deterministic activation, instead of an estimator of the kernel.
+        with this deterministic activation, instead of an estimator of the softmax kernel;
+        ``"arccos<n>"`` is the arc-cosine kernel's random-feature estimator (no epsilon,
+        needs a projection), with :func:`~favorkit.kernel_attention` as exact reference.
     projection : {"orthogonal", "iid", "gaussian", "structured", "qmc", "simplex"}, array \
             of shape (n_components, d) or None, default="orthogonal"
         How the rows ω_i are drawn (:mod:`favorkit.sampling`); None means no projection

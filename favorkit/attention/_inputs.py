@@ -130,10 +130,11 @@ def resolve_scale(scale, d):
 
 def resolve_map(estimator, activation, projection):
     """The feature map of FAVOR attention: the ``activation``'s if one is given, else the
-    ``estimator``'s; only an activation can go without a random projection."""
-    if activation is None and projection is None:
+    ``estimator``'s; only a deterministic activation can go without a random projection."""
+    fmap = maps.get(estimator if activation is None else activation)
+    if projection is None and fmap.needs_projection:
         raise ValueError(
-            "projection=None (no random projection) is only for generalized kernels "
-            "(an activation); the softmax estimators need a projection."
+            "projection=None (no random projection) is only for deterministic activations; "
+            f"{fmap.name!r} estimates a kernel and needs a projection."
         )
-    return maps.get(estimator if activation is None else activation)
+    return fmap

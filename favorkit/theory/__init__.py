@@ -27,6 +27,12 @@ Later estimators and couplings
                                     cosine (0: orthogonal, ``-1/(d-1)``: simplex)
 ``coupled_relative_mse``            exact relative MSE of iid, orthogonal and simplex
                                     couplings of positive, GERF and hyperbolic features
+Other kernels (:mod:`favorkit.kernels`)
+``mse_random_fourier``              iid random Fourier features of a shift-invariant
+                                    kernel, ``[cos, sin]`` or cosines with offsets
+                                    (Rahimi and Recht 2007; Sutherland and Schneider 2015)
+``mse_arccos``                      iid arc-cosine features, degree 0, 1, 2 (Cho and
+                                    Saul 2009)
 Your own data
 ``expected_error``                  predicted relative MSE of every kernel estimate
                                     (:class:`ExpectedError`) for a transformer's fit
@@ -45,6 +51,7 @@ from favorkit.theory._gerf import (
     log_sphere_mgf,
     pair_covariance,
 )
+from favorkit.theory._kernels import mse_arccos, mse_random_fourier
 from favorkit.theory._paper import (
     crossover_angle,
     mse_hyperbolic,
@@ -66,8 +73,10 @@ __all__ = [
     "features_needed",
     "gerf_relative_variance",
     "log_sphere_mgf",
+    "mse_arccos",
     "mse_hyperbolic",
     "mse_positive",
+    "mse_random_fourier",
     "mse_ratio",
     "mse_trig",
     "optimal_gerf_a",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import interpolate
 
-from favorkit import maps
+from favorkit import kernels, maps
 from favorkit.maps import MapParams, Moments
 from favorkit.theory._checks import projection_count
 from favorkit.theory._gerf import COUPLINGS, coupling_cosine, log_moment_series, pair_count
@@ -208,7 +208,7 @@ def _prepare(Q, K, estimator, kernel, gamma):
     if not (np.all(np.isfinite(Q)) and np.all(np.isfinite(K))):
         raise ValueError("Q and K must be finite.")
     fmap = maps.get(estimator)
-    c2 = maps.input_scale_sq(kernel, gamma)
+    c2 = kernels.get(kernel).input_scale_sq(gamma)
     params = MapParams.identity(Q.shape[1])
     if fmap.fitted:
         params = fmap.fit(Moments.of(Q, c2), Moments.of(K, c2))
