@@ -34,6 +34,7 @@ EXPERIMENTS = [
     "uniform_convergence",
     "official_pitfalls",
     "beyond_favor",
+    "kernel_zoo",
 ]
 
 

@@ -320,3 +320,18 @@ def test_paired_z_and_regions():
     assert abs(z_noise) < 4
     runs = R._runs([0.25, 0.5, 1, 2], ["holds", "holds", "n.s.", "holds"])
     assert runs == {"holds": "0.25–0.5, 2", "n.s.": "1"}
+
+
+@pytest.mark.parametrize("kernel", [["laplacian"], ["matern", "--nu", "0.5"], ["arccos"]])
+def test_variance_vs_features_for_other_kernels(kernel, tmp_path):
+    """--kernel swaps the softmax estimators for the kernel's own, with their closed forms
+    (a laplacian run uses qmc, not orthogonal, frequencies) and records the kernel."""
+    _, claims = _run("variance_vs_features", tmp_path, "--kernel", *kernel)
+    rows = C.read_csv(tmp_path / "variance_vs_features" / "variance_vs_features.csv")
+    assert {r["kernel"] for r in rows} == {kernel[0]}
+    second = {"laplacian": "qmc"}.get(kernel[0], "orthogonal")
+    assert {r["projection"] for r in rows} == {"iid", second}
+    assert all(float(r["theory_mse_iid"]) > 0 for r in rows)
+    assert len(claims) == 2 and "closed form" in claims[0].claim
+    summary = (tmp_path / "variance_vs_features" / "summary.md").read_text()
+    assert f'"kernel": "{kernel[0]}"' in summary
