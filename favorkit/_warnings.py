@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from types import FrameType
 
 import sklearn
 
@@ -39,13 +40,14 @@ class AccuracyWarning(UserWarning):
 
     Raised by FAVOR attention (:func:`~favorkit.favor_attention`,
     :meth:`FavorAttention.attend <favorkit.FavorAttention.attend>`) when the closed-form
-    prediction on a few of the call's query rows (:func:`favorkit.accuracy.
-    predict_attention_error` with iid couplings, which orthogonal ones improve by at most a
-    small factor) gives a relative error of at least 1 — as far from exact attention as an
-    output of zeros — or heavy tails with a relative error of at least 0.5; and by
-    :class:`~favorkit.PositiveRandomFeatures` ``transform`` when the median predicted
-    relative MSE of the kernel estimates between the transformed rows is at least 1. It
-    names the m that would help and the alternatives. Filter it like any warning.
+    prediction on a few of the call's query rows
+    (:func:`~favorkit.accuracy.predict_attention_error` with iid couplings, which orthogonal
+    ones improve by at most a small factor) gives a relative error of at least 1 — as far
+    from exact attention as an output of zeros — or heavy tails with a relative error of
+    at least 0.5; and by :class:`~favorkit.PositiveRandomFeatures` ``transform`` when the
+    median predicted relative MSE of the kernel estimates between the transformed rows is
+    at least 1. It names the m that would help and the alternatives. Filter it like any
+    warning.
 
     Examples
     --------
@@ -69,10 +71,10 @@ _INTERNAL = (
 )
 
 
-def warn(message, category=NumericalWarning):
+def warn(message: str, category: type[Warning] = NumericalWarning) -> None:
     """``warnings.warn`` with the stack level of the first caller outside favorkit and
     scikit-learn, so that the warning names the line that called into them."""
-    frame = sys._getframe(1)
+    frame: FrameType | None = sys._getframe(1)
     level = 2
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_INTERNAL):
         frame = frame.f_back

@@ -42,7 +42,7 @@ L = 16 384, d = 64, m = 256 the default 64 rows cost a few attention calls.
 The expansion is first order: the ratio ``N/D`` normalizes itself, so where one-projection
 estimates are heavy-tailed a typical draw does better than the expectation and the
 prediction is an upper estimate (tests: within a factor 1.5 of the measured error wherever
-it is below 0.5 and not flagged, on d in {16, 64}, |q|, |k| ~ 0.25 or 0.5 N(0, 1), every
+it is below 0.5 and not flagged, on d in {16, 64}, ``|q|, |k| ~ 0.25 or 0.5 N(0, 1)``, every
 estimator, causal and bidirectional, with two documented cases at 1.51 and 1.52).
 
 **Heavy tails.** The one-projection estimates are log-normal-like: with ``σ²`` the
@@ -63,6 +63,7 @@ import warnings
 import numpy as np
 
 from favorkit import sampling
+from favorkit._typing import ArrayLike, AttentionEstimator, ProjectionName, RandomStateLike
 from favorkit._warnings import AccuracyWarning
 from favorkit.attention import FavorAttention
 from favorkit.attention._accuracy import (
@@ -79,20 +80,20 @@ __all__ = ["AttentionError", "measure_attention_error", "predict_attention_error
 
 
 def measure_attention_error(
-    Q,
-    K,
-    V,
-    n_components=256,
+    Q: ArrayLike,
+    K: ArrayLike,
+    V: ArrayLike,
+    n_components: int = 256,
     *,
-    estimator="positive",
-    projection="orthogonal",
-    causal=False,
-    scale=None,
-    key_padding_mask=None,
-    n_queries=256,
-    n_redraws=8,
-    random_state=0,
-):
+    estimator: AttentionEstimator = "positive",
+    projection: ProjectionName | ArrayLike = "orthogonal",
+    causal: bool = False,
+    scale: float | None = None,
+    key_padding_mask: ArrayLike | None = None,
+    n_queries: int = 256,
+    n_redraws: int = 8,
+    random_state: RandomStateLike = 0,
+) -> AttentionError:
     """Measure the error of FAVOR attention against exact attention over redraws.
 
     ``FavorAttention(n_components, estimator=..., projection=...)``, fitted to Q (and K
@@ -107,7 +108,7 @@ def measure_attention_error(
         Any projection of :mod:`favorkit.sampling` (a fixed array is not redrawn).
     n_redraws : int, default=8
         Independent projections.
-    random_state : int, Generator or None, default=0
+    random_state : int, RandomState, Generator or None, default=0
         Seeds the row sample and the projections.
 
     Returns

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -36,6 +37,16 @@ from favorkit._kernels.feature_maps import (
     stage_gerf_rows,
 )
 from favorkit._parallel import map_row_blocks
+from favorkit._typing import (
+    ArrayLike,
+    FloatArray,
+    MatrixLike,
+    NDArray,
+    PositiveEstimator,
+    ProjectionName,
+    RandomStateLike,
+    Self,
+)
 from favorkit._validation import (
     Interval,
     StrOptions,
@@ -64,6 +75,11 @@ class _RandomFeatures(TransformerMixin, BaseEstimator):
         "projection": [StrOptions(set(sampling.PROJECTIONS)), "array-like"],
         "random_state": ["random_state", np.random.Generator],
     }
+
+    # Set by fit (declared for type checkers; an unfitted estimator has none of them).
+    projection_: NDArray[np.float64]
+    n_features_in_: int
+    feature_names_in_: NDArray[np.object_]
 
     # Subclasses: the feature map (favorkit.maps) this transformer's parameters select.
     def _map(self):
@@ -106,7 +122,7 @@ class _RandomFeatures(TransformerMixin, BaseEstimator):
             ensure_all_finite=ensure_all_finite,
         )
 
-    def get_feature_names_out(self, input_features=None):
+    def get_feature_names_out(self, input_features: ArrayLike | None = None) -> NDArray[np.object_]:
         """Output feature names: ``<classname>[_<block>]<j>`` for projection j.
 
         Paired maps have two blocks of ``n_components`` columns each (``_plus``/``_minus``
@@ -281,18 +297,18 @@ class PositiveRandomFeatures(_RandomFeatures):
 
     Attributes
     ----------
-    projection_ : ndarray of shape (n_components, n_features_in_)
+    projection_ : ndarray of shape (n_components, n_features)
         The drawn projection rows ω_i (float64, before the kernel scale c).
     gamma_ : float
         The kernel parameter used (``gamma``, or its value for ``"scale"``).
     gerf_a_ : float
         The GERF parameter A (0 for ``"positive"`` and ``"hyperbolic"``, ``A* <= 0`` fitted
         for ``"optimal"``, ``"saderf"`` and ``"optimal_hyperbolic"``).
-    query_scale_ : ndarray of shape (n_features_in_,)
+    query_scale_ : ndarray of shape (n_features,)
         SADERF's diagonal Ψ (ones for the other estimators); keys are divided by it.
     n_features_in_ : int
         Number of features seen in ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (n_features,)
         Names of the features seen in ``fit`` (only when X has string column names).
 
     See Also
@@ -339,16 +355,20 @@ class PositiveRandomFeatures(_RandomFeatures):
         "estimator": [StrOptions(set(maps.names("exponential")))],
     }
 
+    gamma_: float
+    gerf_a_: float
+    query_scale_: NDArray[np.float64]
+
     def __init__(
         self,
-        n_components=256,
+        n_components: int = 256,
         *,
-        kernel="softmax",
-        gamma=1.0,
-        estimator="positive",
-        projection="orthogonal",
-        random_state=None,
-    ):
+        kernel: Literal["softmax", "gaussian"] = "softmax",
+        gamma: float | Literal["scale"] = 1.0,
+        estimator: PositiveEstimator = "positive",
+        projection: ProjectionName | ArrayLike = "orthogonal",
+        random_state: RandomStateLike = None,
+    ) -> None:
         self.n_components = n_components
         self.kernel = kernel
         self.gamma = gamma
@@ -360,14 +380,16 @@ class PositiveRandomFeatures(_RandomFeatures):
         return maps.get(self.estimator)
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None, *, keys=None):
+    def fit(
+        self, X: MatrixLike, y: ArrayLike | None = None, *, keys: MatrixLike | None = None
+    ) -> Self:
         """Draw the projection and, for FAVOR++/SADERF, fit A (and Ψ) from data statistics.
 
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
             Training data: the queries (the first argument of the kernel).
-        y : None
+        y : array-like or None, default=None
             Ignored (keeps the transformer usable in a Pipeline).
         keys : {array-like, sparse matrix} of shape (n_keys, n_features), default=None
             The second argument of the kernel, if it differs from X. Used only by
@@ -393,7 +415,7 @@ class PositiveRandomFeatures(_RandomFeatures):
         self.gerf_a_, self.query_scale_ = params.a, params.psi
         return self
 
-    def transform(self, X, *, side="query"):
+    def transform(self, X: MatrixLike, *, side: Literal["query", "key"] = "query") -> FloatArray:
         """Map X to positive random features.
 
         Parameters
@@ -643,7 +665,7 @@ class OrthogonalRFF(_RandomFeatures):
 
     Attributes
     ----------
-    projection_ : ndarray of shape (n_components, n_features_in_)
+    projection_ : ndarray of shape (n_components, n_features)
         The drawn frequency rows (float64, before the kernel scale: ``sqrt(2 gamma)`` for
         the Gaussian and Matérn kernels, ``gamma`` for the Laplacian one).
     gamma_ : float
@@ -652,7 +674,7 @@ class OrthogonalRFF(_RandomFeatures):
         Offsets ``b`` (only for ``features="cos"``).
     n_features_in_ : int
         Number of features seen in ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (n_features,)
         Names of the features seen in ``fit`` (only when X has string column names).
 
     See Also
@@ -691,17 +713,20 @@ class OrthogonalRFF(_RandomFeatures):
         "features": [StrOptions(set(_LAYOUTS))],
     }
 
+    gamma_: float
+    random_offset_: NDArray[np.float64]
+
     def __init__(
         self,
-        n_components=256,
+        n_components: int = 256,
         *,
-        kernel="gaussian",
-        gamma=1.0,
-        nu=1.5,
-        projection="auto",
-        features="cossin",
-        random_state=None,
-    ):
+        kernel: Literal["gaussian", "laplacian", "matern", "softmax"] = "gaussian",
+        gamma: float | Literal["scale"] = 1.0,
+        nu: float = 1.5,
+        projection: Literal["auto"] | ProjectionName | ArrayLike = "auto",
+        features: Literal["cossin", "cos"] = "cossin",
+        random_state: RandomStateLike = None,
+    ) -> None:
         self.n_components = n_components
         self.kernel = kernel
         self.gamma = gamma
@@ -722,7 +747,7 @@ class OrthogonalRFF(_RandomFeatures):
         return self.projection
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
+    def fit(self, X: MatrixLike, y: ArrayLike | None = None) -> Self:
         """Draw the frequencies (and offsets); X is used only for its number of features
         (and its variance, for ``gamma="scale"``).
 
@@ -730,7 +755,7 @@ class OrthogonalRFF(_RandomFeatures):
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
             Training data.
-        y : None
+        y : array-like or None, default=None
             Ignored.
 
         Returns
@@ -743,7 +768,7 @@ class OrthogonalRFF(_RandomFeatures):
             self.random_offset_ = fmap.draw_offsets(self.n_components, rng)
         return self
 
-    def transform(self, X):
+    def transform(self, X: MatrixLike) -> FloatArray:
         """Map X to trigonometric random features.
 
         Parameters
@@ -843,11 +868,11 @@ class ArcCosineFeatures(_RandomFeatures):
 
     Attributes
     ----------
-    projection_ : ndarray of shape (n_components, n_features_in_)
+    projection_ : ndarray of shape (n_components, n_features)
         The drawn rows ω_i (float64).
     n_features_in_ : int
         Number of features seen in ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (n_features,)
         Names of the features seen in ``fit`` (only when X has string column names).
 
     See Also
@@ -875,7 +900,14 @@ class ArcCosineFeatures(_RandomFeatures):
         "random_state": ["random_state", np.random.Generator],
     }
 
-    def __init__(self, n_components=256, *, degree=1, projection="orthogonal", random_state=None):
+    def __init__(
+        self,
+        n_components: int = 256,
+        *,
+        degree: int = 1,
+        projection: ProjectionName | ArrayLike = "orthogonal",
+        random_state: RandomStateLike = None,
+    ) -> None:
         self.n_components = n_components
         self.degree = degree
         self.projection = projection
@@ -885,14 +917,14 @@ class ArcCosineFeatures(_RandomFeatures):
         return maps.get(f"arccos{self.degree}")
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
+    def fit(self, X: MatrixLike, y: ArrayLike | None = None) -> Self:
         """Draw the projection; X is used only for its number of features.
 
         Parameters
         ----------
         X : {array-like, sparse matrix} of shape (n_samples, n_features)
             Training data.
-        y : None
+        y : array-like or None, default=None
             Ignored.
 
         Returns
@@ -905,7 +937,7 @@ class ArcCosineFeatures(_RandomFeatures):
         self._n_features_out = self.n_components
         return self
 
-    def transform(self, X):
+    def transform(self, X: MatrixLike) -> FloatArray:
         """Map X to arc-cosine random features.
 
         Parameters

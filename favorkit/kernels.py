@@ -6,20 +6,16 @@ theory and the experiments compare estimates to) and, for the shift-invariant on
 of the frequencies ``ω`` of Bochner's theorem, ``k(x - y) = E_ω cos(ω·(x - y))``
 (Rahimi and Recht 2007), which :class:`~favorkit.OrthogonalRFF` draws.
 
-=================  =====================================================  ==================
-name               kernel ``k(x, y)`` (``gamma > 0``)                      frequencies ``ω``
-=================  =====================================================  ==================
-``"softmax"``      ``exp(gamma x·y)`` (the Performer's SM, Eq. 6)          ``N(0, gamma I)``
-``"gaussian"``     ``exp(-gamma |x - y|²)`` (scikit-learn's RBF)            ``N(0, 2 gamma I)``
-``"laplacian"``    ``exp(-gamma |x - y|₁)`` (scikit-learn's                 iid Cauchy, scale
-                   ``laplacian_kernel``)                                   ``gamma``
-``"matern"``       Matérn with smoothness ``nu`` and length scale          multivariate
-                   ``ℓ = 1/sqrt(2 gamma)`` (scikit-learn's ``Matern``)     Student t, ``2 nu``
-                                                                           d.o.f., scale
-                                                                           ``sqrt(2 gamma)``
-``"arccos"``       arc-cosine of degree ``n`` (Cho and Saul 2009):         ``N(0, I)``
-                   ``(1/π) |x|ⁿ |y|ⁿ J_n(θ)``
-=================  =====================================================  ==================
+* ``"softmax"``: ``exp(gamma x·y)``, the Performer's SM (Eq. 6); frequencies ``N(0, gamma I)``.
+* ``"gaussian"``: ``exp(-gamma |x - y|²)``, scikit-learn's RBF; frequencies
+  ``N(0, 2 gamma I)``.
+* ``"laplacian"``: ``exp(-gamma |x - y|₁)``, scikit-learn's ``laplacian_kernel``;
+  frequencies with iid Cauchy coordinates of scale ``gamma``.
+* ``"matern"``: the Matérn kernel of smoothness ``nu`` and length scale
+  ``ℓ = 1/sqrt(2 gamma)``, scikit-learn's ``Matern``; frequencies multivariate Student t
+  with ``2 nu`` degrees of freedom and scale ``sqrt(2 gamma)``.
+* ``"arccos"``: the arc-cosine kernel of degree ``n``, ``(1/π) |x|ⁿ |y|ⁿ J_n(θ)`` (Cho and
+  Saul 2009); features of ``N(0, I)`` rows.
 
 **The Matérn mapping.** ``gamma`` sets the length scale ``ℓ = 1/sqrt(2 gamma)``, so that
 ``exp(-gamma r²) = exp(-r²/(2ℓ²))`` is the Matérn kernel's ``nu -> ∞`` limit with the same
@@ -41,6 +37,7 @@ Sobol points) frequencies are unbiased for it; the others are refused.
 from __future__ import annotations
 
 import math
+from typing import Any, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -48,8 +45,18 @@ from scipy import stats
 from scipy.spatial import distance
 
 from favorkit import sampling
+from favorkit._typing import ArrayLike, FloatArray, NDArray, ProjectionName, Rng, SparseMatrix
 
-__all__ = ["KERNELS", "Kernel", "get", "resolve_gamma"]
+__all__ = [
+    "KERNELS",
+    "Kernel",
+    "arccos_J",
+    "arccos_kernel",
+    "arccos_pairs",
+    "check_nu",
+    "get",
+    "resolve_gamma",
+]
 
 
 def _sq_distances(X, Y):
@@ -71,25 +78,27 @@ class Kernel:
         The projections of :mod:`favorkit.sampling` whose frequencies are unbiased for it.
     """
 
-    name = ""
-    shift_invariant = True
-    projections = tuple(sampling.PROJECTIONS)
+    name: str = ""
+    shift_invariant: bool = True
+    projections: tuple[str, ...] = tuple(sampling.PROJECTIONS)
 
-    def __call__(self, X, Y, gamma=1.0, **params):
+    def __call__(
+        self, X: ArrayLike, Y: ArrayLike, gamma: float = 1.0, **params: Any
+    ) -> NDArray[np.float64]:
         """The exact kernel matrix ``k(x_i, y_j)``, float64, shape ``(len(X), len(Y))``."""
         raise NotImplementedError
 
-    def profile(self, delta, gamma=1.0, **params):
+    def profile(self, delta: ArrayLike, gamma: float = 1.0, **params: Any) -> NDArray[np.float64]:
         """``k(Δ)`` of a shift-invariant kernel for differences ``Δ = x - y`` of shape
         ``(..., d)`` (broadcast pairs, as :mod:`favorkit.theory` takes them)."""
         raise NotImplementedError(f"kernel {self.name!r} is not shift-invariant")
 
-    def input_scale_sq(self, gamma):
+    def input_scale_sq(self, gamma: float) -> float:
         """``c²`` such that the frequencies are ``c ω₀`` with ``ω₀`` of the law at
         ``c = 1`` (what ``fit`` stores as ``projection_``)."""
         return 2.0 * gamma
 
-    def check_projection(self, projection):
+    def check_projection(self, projection: ProjectionName | ArrayLike) -> None:
         """A clear error for a projection that would bias this kernel's estimate."""
         if isinstance(projection, str) and projection not in self.projections:
             allowed = ", ".join(repr(p) for p in self.projections)
@@ -101,7 +110,9 @@ class Kernel:
     def _why_not(self):
         return ""
 
-    def draw(self, projection, m, d, rng, **params):
+    def draw(
+        self, projection: ProjectionName | ArrayLike, m: int, d: int, rng: Rng, **params: Any
+    ) -> NDArray[np.float64]:
         """Frequency rows ``ω₀`` (m, d) of the law at unit scale (see ``input_scale_sq``),
         with directions from ``projection`` (a sampler name); a fixed array is taken as the
         frequency rows themselves."""
@@ -112,20 +123,24 @@ class Softmax(Kernel):
     name = "softmax"
     shift_invariant = False
 
-    def __call__(self, X, Y, gamma=1.0, **params):
+    def __call__(
+        self, X: ArrayLike, Y: ArrayLike, gamma: float = 1.0, **params: Any
+    ) -> NDArray[np.float64]:
         return np.exp(gamma * (np.asarray(X, float) @ np.asarray(Y, float).T))
 
-    def input_scale_sq(self, gamma):
+    def input_scale_sq(self, gamma: float) -> float:
         return gamma
 
 
 class Gaussian(Kernel):
     name = "gaussian"
 
-    def __call__(self, X, Y, gamma=1.0, **params):
+    def __call__(
+        self, X: ArrayLike, Y: ArrayLike, gamma: float = 1.0, **params: Any
+    ) -> NDArray[np.float64]:
         return np.exp(-gamma * _sq_distances(np.asarray(X, float), np.asarray(Y, float)))
 
-    def profile(self, delta, gamma=1.0, **params):
+    def profile(self, delta: ArrayLike, gamma: float = 1.0, **params: Any) -> NDArray[np.float64]:
         delta = np.asarray(delta, float)
         return np.exp(-gamma * np.einsum("...i,...i->...", delta, delta))
 
@@ -134,14 +149,16 @@ class Laplacian(Kernel):
     name = "laplacian"
     projections = ("iid", "gaussian", "qmc")
 
-    def __call__(self, X, Y, gamma=1.0, **params):
+    def __call__(
+        self, X: ArrayLike, Y: ArrayLike, gamma: float = 1.0, **params: Any
+    ) -> NDArray[np.float64]:
         l1 = distance.cdist(np.asarray(X, float), np.asarray(Y, float), "cityblock")
         return np.exp(-gamma * l1)
 
-    def profile(self, delta, gamma=1.0, **params):
+    def profile(self, delta: ArrayLike, gamma: float = 1.0, **params: Any) -> NDArray[np.float64]:
         return np.exp(-gamma * np.abs(np.asarray(delta, float)).sum(axis=-1))
 
-    def input_scale_sq(self, gamma):
+    def input_scale_sq(self, gamma: float) -> float:
         return gamma**2
 
     def _why_not(self):
@@ -150,7 +167,9 @@ class Laplacian(Kernel):
             "invariant, so rotated (orthogonal, structured or simplex) rows change it."
         )
 
-    def draw(self, projection, m, d, rng, **params):
+    def draw(
+        self, projection: ProjectionName | ArrayLike, m: int, d: int, rng: Rng, **params: Any
+    ) -> NDArray[np.float64]:
         if not isinstance(projection, str):
             return sampling.draw(projection, m, d, rng)
         self.check_projection(projection)
@@ -165,13 +184,17 @@ class Laplacian(Kernel):
 
 class Matern(Kernel):
     name = "matern"
-    NUS = (0.5, 1.5, 2.5)
+    NUS: tuple[float, ...] = (0.5, 1.5, 2.5)
 
-    def __call__(self, X, Y, gamma=1.0, nu=1.5, **params):
+    def __call__(
+        self, X: ArrayLike, Y: ArrayLike, gamma: float = 1.0, nu: float = 1.5, **params: Any
+    ) -> NDArray[np.float64]:
         r = np.sqrt(_sq_distances(np.asarray(X, float), np.asarray(Y, float)))
         return self._of_distance(r, gamma, nu)
 
-    def profile(self, delta, gamma=1.0, nu=1.5, **params):
+    def profile(
+        self, delta: ArrayLike, gamma: float = 1.0, nu: float = 1.5, **params: Any
+    ) -> NDArray[np.float64]:
         return self._of_distance(np.linalg.norm(np.asarray(delta, float), axis=-1), gamma, nu)
 
     @staticmethod
@@ -184,7 +207,15 @@ class Matern(Kernel):
             return (1.0 + t) * np.exp(-t)
         return (1.0 + t + t**2 / 3.0) * np.exp(-t)
 
-    def draw(self, projection, m, d, rng, nu=1.5, **params):
+    def draw(
+        self,
+        projection: ProjectionName | ArrayLike,
+        m: int,
+        d: int,
+        rng: Rng,
+        nu: float = 1.5,
+        **params: Any,
+    ) -> NDArray[np.float64]:
         W = sampling.draw(projection, m, d, rng)
         if not isinstance(projection, str):
             return W
@@ -198,16 +229,18 @@ class Matern(Kernel):
 class ArcCosine(Kernel):
     name = "arccos"
     shift_invariant = False
-    DEGREES = (0, 1, 2)
+    DEGREES: tuple[int, ...] = (0, 1, 2)
 
-    def __call__(self, X, Y, gamma=1.0, degree=1, **params):
+    def __call__(
+        self, X: ArrayLike, Y: ArrayLike, gamma: float = 1.0, degree: int = 1, **params: Any
+    ) -> NDArray[np.float64]:
         return arccos_kernel(X, Y, degree)
 
-    def input_scale_sq(self, gamma):
+    def input_scale_sq(self, gamma: float) -> float:
         return 1.0
 
 
-def check_nu(nu):
+def check_nu(nu: float) -> float:
     """``nu`` if it is one of the Matérn orders with a closed form, else a clear error."""
     if nu not in Matern.NUS:
         raise ValueError(
@@ -218,7 +251,7 @@ def check_nu(nu):
     return float(nu)
 
 
-def arccos_J(theta, degree):
+def arccos_J(theta: ArrayLike, degree: int) -> NDArray[np.float64]:
     """``J_n(θ)`` of the arc-cosine kernel (Cho and Saul 2009, Eq. 6), n = 0 … 4.
 
     ``J_n(θ) = (-1)ⁿ (sin θ)^{2n+1} ((1/sin θ) ∂/∂θ)ⁿ ((π - θ)/sin θ)``, written out (the
@@ -239,7 +272,7 @@ def arccos_J(theta, degree):
     raise ValueError(f"degree must be 0, 1, 2, 3 or 4, got {degree!r}.")
 
 
-def arccos_kernel(X, Y, degree=1):
+def arccos_kernel(X: ArrayLike, Y: ArrayLike, degree: int = 1) -> NDArray[np.float64]:
     """The arc-cosine kernel ``k_n(x, y) = (1/π) |x|ⁿ |y|ⁿ J_n(θ)`` (Cho and Saul 2009).
 
     ``k_n(x, y) = 2 E_ω[Θ(ω·x) Θ(ω·y) (ω·x)ⁿ (ω·y)ⁿ]``, ``ω ~ N(0, I)``: the kernel of an
@@ -267,7 +300,7 @@ def arccos_kernel(X, Y, degree=1):
     return arccos_pairs(X[:, None, :], Y[None, :, :], degree)
 
 
-def arccos_pairs(x, y, degree=1):
+def arccos_pairs(x: ArrayLike, y: ArrayLike, degree: int = 1) -> NDArray[np.float64]:
     """``k_n(x, y)`` for broadcast pairs ``x``, ``y`` of shape ``(..., d)``."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     nx = np.linalg.norm(x, axis=-1)
@@ -282,13 +315,13 @@ def arccos_pairs(x, y, degree=1):
     return (nx * ny) ** degree * arccos_J(theta, degree) / np.pi
 
 
-def resolve_gamma(gamma, X):
+def resolve_gamma(gamma: float | Literal["scale"], X: FloatArray | SparseMatrix) -> float:
     """``gamma``, or with ``gamma="scale"`` scikit-learn's ``1 / (n_features X.var())``
     (``RBFSampler``), the variance over all entries of X (sparse: zeros included)."""
     if not (isinstance(gamma, str) and gamma == "scale"):
         return float(gamma)
     if sp.issparse(X):
-        var = X.multiply(X).mean() - X.mean() ** 2
+        var = X.multiply(X).mean() - X.mean() ** 2  # type: ignore[union-attr]
     else:
         var = np.asarray(X, dtype=np.float64).var()
     if not var > 0:
@@ -299,10 +332,12 @@ def resolve_gamma(gamma, X):
     return float(1.0 / (X.shape[1] * var))
 
 
-KERNELS = {k.name: k for k in (Softmax(), Gaussian(), Laplacian(), Matern(), ArcCosine())}
+KERNELS: dict[str, Kernel] = {
+    k.name: k for k in (Softmax(), Gaussian(), Laplacian(), Matern(), ArcCosine())
+}
 
 
-def get(name):
+def get(name: str) -> Kernel:
     """The kernel registered under ``name``.
 
     Examples

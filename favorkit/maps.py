@@ -56,13 +56,16 @@ that run over ``MAPS`` pick it up.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
 
 from favorkit._kernels.fastexp import exp_inplace
 from favorkit._kernels.feature_maps import cos_offset_rows_inplace, cos_sin_rows
+from favorkit._typing import ArrayLike, FloatArray, FloatOrArray, NDArray, Rng, Self, SparseMatrix
 
 __all__ = [
     "MAPS",
@@ -102,11 +105,11 @@ class Moments:
     mean_sq : ndarray of shape (d,)
     """
 
-    mean: np.ndarray
-    mean_sq: np.ndarray
+    mean: NDArray[np.float64]
+    mean_sq: NDArray[np.float64]
 
     @classmethod
-    def of(cls, X, scale_sq=1.0):
+    def of(cls, X: FloatArray | SparseMatrix, scale_sq: float = 1.0) -> Self:
         """Moments of ``sqrt(scale_sq) X`` for dense or CSR rows X, in float64.
 
         Examples
@@ -118,9 +121,13 @@ class Moments:
         """
         with np.errstate(over="ignore", invalid="ignore"):  # fit checks the result
             if sp.issparse(X):
-                data = X.data.astype(np.float64)
+                # scipy ships no type information: X is not narrowed to a sparse matrix
+                data = X.data.astype(np.float64)  # type: ignore[union-attr]
                 mean = np.asarray(X.mean(axis=0, dtype=np.float64)).ravel()
-                squares = sp.csr_matrix((data * data, X.indices, X.indptr), shape=X.shape)
+                squares = sp.csr_matrix(
+                    (data * data, X.indices, X.indptr),  # type: ignore[union-attr]
+                    shape=X.shape,
+                )
                 mean_sq = np.asarray(squares.mean(axis=0)).ravel()
             else:
                 mean = X.mean(axis=0, dtype=np.float64)
@@ -128,7 +135,9 @@ class Moments:
             return cls(np.sqrt(scale_sq) * mean, scale_sq * mean_sq)
 
     @classmethod
-    def from_sums(cls, sums, sums_sq, count, scale_sq=1.0):
+    def from_sums(
+        cls, sums: FloatArray, sums_sq: FloatArray, count: int, scale_sq: float = 1.0
+    ) -> Self:
         """Moments of ``sqrt(scale_sq) x`` from column sums and sums of squares of ``count``
         unscaled rows (as accumulated in blocks)."""
         return cls(np.sqrt(scale_sq) * sums / count, scale_sq * sums_sq / count)
@@ -149,14 +158,14 @@ class MapParams:
     """
 
     a: float
-    psi: np.ndarray
+    psi: NDArray[np.float64]
 
     @classmethod
-    def identity(cls, d):
+    def identity(cls, d: int) -> Self:
         return cls(0.0, np.ones(d))
 
 
-def optimal_gerf_a(phi, d):
+def optimal_gerf_a(phi: ArrayLike, d: int) -> FloatOrArray:
     """The variance-optimal GERF parameter ``A* <= 0`` (FAVOR++'s OPRF; Likhosherstov et al.
     2022, "Chefs' Random Tables").
 
@@ -198,7 +207,7 @@ def optimal_gerf_a(phi, d):
     # With x = φ/d: 1/ρ* = (2x + 1)(1 + sqrt(1 + 8x/(2x + 1)²)) / 2, written so that
     # nothing overflows before the result does (the form above squares 2φ + d).
     with np.errstate(over="ignore", invalid="ignore"):
-        x = phi / d
+        x = phi / d  # type: ignore[operator]  # an array: np.maximum is typed Any
         s = 2.0 * x + 1.0
         inv_rho = s * (1.0 + np.sqrt(1.0 + 8.0 * (x / s) / s)) / 2.0
         a = (1.0 - inv_rho) / 8.0
@@ -252,9 +261,9 @@ class LogFeatures:
         Columns ``[z, -z]``.
     """
 
-    projection: np.ndarray
-    column: np.ndarray | None
-    norm_weights: np.ndarray
+    projection: NDArray[np.float64]
+    column: NDArray[np.float64] | None
+    norm_weights: NDArray[np.float64]
     norm_scale: float | None
     const: float
     antithetic: bool
@@ -288,7 +297,7 @@ class SecondMoment:
     log_const: float
     alpha: float
     gamma: float
-    signs: tuple
+    signs: tuple[int, ...]
     pair_sign: int
 
 
@@ -313,32 +322,32 @@ class FeatureMap:
         Attention can use it as an estimator of the softmax kernel.
     """
 
-    name = ""
-    blocks = ("",)
-    needs_projection = True
-    exponential = False
-    fitted = False
-    attention_estimator = False
+    name: str = ""
+    blocks: tuple[str, ...] = ("",)
+    needs_projection: bool = True
+    exponential: bool = False
+    fitted: bool = False
+    attention_estimator: bool = False
 
-    def width(self, m):
+    def width(self, m: int) -> int:
         """Number of output columns for ``m`` projections."""
         return m * len(self.blocks)
 
-    def fit(self, queries, keys):
+    def fit(self, queries: Moments, keys: Moments) -> MapParams:
         """Parameters from the moments of the scaled queries and keys (:class:`Moments`)."""
         return MapParams.identity(queries.mean.shape[0])
 
-    def term_moment(self, x, y, j):
+    def term_moment(self, x: FloatArray, y: FloatArray, j: int) -> FloatOrArray:
         """Raw moment ``E[T^j]`` of one iid term ``T = width φ_k(x) φ_k(y)`` (ω ~ N(0, I))
         of the softmax kernel's estimate at the pairs ``(x, y)``; the closed forms exist for
         maps whose parameters do not depend on the data."""
         raise NotImplementedError(f"no closed-form term moments for the map {self.name!r}")
 
-    def second_moment(self, d, a=0.0):
+    def second_moment(self, d: int, a: float = 0.0) -> SecondMoment:
         """:class:`SecondMoment` of one projection's estimates (GERF parameter ``a``)."""
         raise NotImplementedError(f"no closed-form second moment for the map {self.name!r}")
 
-    def per_projection(self, Fx, Fy):
+    def per_projection(self, Fx: FloatArray, Fy: FloatArray) -> FloatArray:
         """Per-projection kernel estimates ``S[i, k]`` of ``K(x_i, y_i)`` from the features
         of paired rows (each feature carries ``1/sqrt(width)`` of its block's scale), so
         that ``S[:, G].mean(1)`` is the estimate from the projections ``G``."""
@@ -347,7 +356,7 @@ class FeatureMap:
         terms = [Fx[:, block] * Fy[:, block] for block in blocks]
         return m * sum(terms[1:], terms[0])
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
 
 
@@ -356,9 +365,15 @@ class ExponentialMap(FeatureMap):
 
     exponential = True
     attention_estimator = True
-    antithetic = False
+    antithetic: bool = False
 
-    def log_features(self, W, params, scale_sq, side="query"):
+    def log_features(
+        self,
+        W: NDArray[np.float64],
+        params: MapParams,
+        scale_sq: float,
+        side: Literal["query", "key"] = "query",
+    ) -> LogFeatures:
         """The log-features of rows on one side, for projection rows ``W`` (m, d).
 
         ``scale_sq`` is ``c²`` with ``u = c x`` (``gamma`` or ``2 gamma`` in the
@@ -382,16 +397,18 @@ class ExponentialMap(FeatureMap):
             antithetic=self.antithetic,
         )
 
-    def log1p_relative_variance(self, z, d, a=0.0):
+    def log1p_relative_variance(
+        self, z: FloatOrArray, d: int, a: FloatOrArray = 0.0
+    ) -> FloatOrArray:
         """``log(1 + relVar)`` of one projection at ``z = |u + v|²``, the GERF variance of
         Likhosherstov et al. (2022): ``(d/2) log((1-4A)²/(1-8A)) + z/(1-8A)``."""
         return 0.5 * d * (2.0 * np.log1p(-4.0 * a) - np.log1p(-8.0 * a)) + z / (1.0 - 8.0 * a)
 
-    def relative_variance(self, z, d, a=0.0):
+    def relative_variance(self, z: FloatOrArray, d: int, a: FloatOrArray = 0.0) -> FloatOrArray:
         """Variance of one projection's estimate over the kernel squared, at ``z``."""
         return np.expm1(self.log1p_relative_variance(z, d, a))
 
-    def second_moment(self, d, a=0.0):
+    def second_moment(self, d: int, a: float = 0.0) -> SecondMoment:
         """GERF (Likhosherstov et al. 2022): ``E[T(a_1)T(a_2)] = (1-4A)^d (1-8A)^{-d/2}
         exp(γ|a_1 + a_2|²/2 - (|a_1|² + |a_2|²)/2)`` with ``γ = (1-4A)/(1-8A)``; ``A = 0``
         gives FAVOR+'s ``e^{a_1·a_2}``, an antithetic map the mean over ``±a_2``."""
@@ -410,7 +427,7 @@ class PositiveMap(ExponentialMap):
 
     name = "positive"
 
-    def term_moment(self, x, y, j):
+    def term_moment(self, x: FloatArray, y: FloatArray, j: int) -> FloatOrArray:
         """``T = Λ(x)Λ(y) e^{ω·(x+y)}``, with ``E e^{λ ω·s} = e^{λ²|s|²/2}``."""
         sx, sy = np.sum(x * x, -1), np.sum(y * y, -1)
         s = np.sum((x + y) ** 2, -1)
@@ -424,15 +441,17 @@ class HyperbolicMap(ExponentialMap):
     blocks = ("plus", "minus")
     antithetic = True
 
-    def log1p_relative_variance(self, z, d, a=0.0):
+    def log1p_relative_variance(
+        self, z: FloatOrArray, d: int, a: FloatOrArray = 0.0
+    ) -> FloatOrArray:
         """``log cosh z`` (relVar ``cosh z - 1``, Lemma 2), without overflow."""
         return np.logaddexp(z, -z) - np.log(2.0)
 
-    def relative_variance(self, z, d, a=0.0):
+    def relative_variance(self, z: FloatOrArray, d: int, a: FloatOrArray = 0.0) -> FloatOrArray:
         """``cosh z - 1 = 2 sinh²(z/2)``, without cancellation near 0."""
         return 2.0 * np.sinh(0.5 * z) ** 2
 
-    def term_moment(self, x, y, j):
+    def term_moment(self, x: FloatArray, y: FloatArray, j: int) -> FloatOrArray:
         """``T = Λ(x)Λ(y) cosh(ω·(x+y))``: binomial expansion of ``cosh^j``."""
         sx, sy = np.sum(x * x, -1), np.sum(y * y, -1)
         s = np.sum((x + y) ** 2, -1)
@@ -452,11 +471,11 @@ class GerfMap(ExponentialMap):
 
     fitted = True
 
-    def __init__(self, name, *, saderf):
+    def __init__(self, name: str, *, saderf: bool) -> None:
         self.name = name
         self.saderf = saderf
 
-    def fit(self, queries, keys):
+    def fit(self, queries: Moments, keys: Moments) -> MapParams:
         ex = np.asarray(queries.mean_sq, dtype=np.float64)
         ey = np.asarray(keys.mean_sq, dtype=np.float64)
         d = ex.size
@@ -502,10 +521,12 @@ class HyperbolicGerfMap(GerfMap):
     blocks = ("plus", "minus")
     antithetic = True
 
-    def __init__(self):
+    def __init__(self) -> None:
         super().__init__("optimal_hyperbolic", saderf=False)
 
-    def log1p_relative_variance(self, z, d, a=0.0):
+    def log1p_relative_variance(
+        self, z: FloatOrArray, d: int, a: FloatOrArray = 0.0
+    ) -> FloatOrArray:
         """``log(½ C^{d/2} (e^{z/(1-8A)} + e^{-z}))``, without overflow."""
         log_c = 0.5 * d * (2.0 * np.log1p(-4.0 * a) - np.log1p(-8.0 * a))
         return log_c - np.log(2.0) + np.logaddexp(z / (1.0 - 8.0 * a), -z)
@@ -521,14 +542,22 @@ class TrigMap(FeatureMap):
     name = "trig"
     blocks = ("cos", "sin")
     attention_estimator = True
-    offsets = False  # no random offsets to draw
-    in_place = False  # the projections are not overwritten by the features
+    offsets: bool = False  # no random offsets to draw
+    in_place: bool = False  # the projections are not overwritten by the features
 
-    def log_row_scale(self, m):
+    def log_row_scale(self, m: int) -> float:
         """Log of the constant factor of every feature."""
         return -0.5 * np.log(m)
 
-    def features(self, z, log_scale, out, *, offset=None, vectorized=False):
+    def features(
+        self,
+        z: FloatArray,
+        log_scale: FloatArray,
+        out: FloatArray,
+        *,
+        offset: FloatArray | None = None,
+        vectorized: bool = False,
+    ) -> None:
         """``out = exp(log_scale) [cos z, sin z]`` for projections ``z`` (n, m).
 
         ``vectorized`` takes numpy's SIMD sin/cos (faster in float32), otherwise one fused
@@ -542,12 +571,12 @@ class TrigMap(FeatureMap):
         else:
             cos_sin_rows(z, log_scale, out)
 
-    def second_moment(self, d, a=0.0):
+    def second_moment(self, d: int, a: float = 0.0) -> SecondMoment:
         """``E[T(a_1)T(a_2)] = cosh(a_1·a_2)`` with ``a = u - v`` and ``T = e^{|a|²/2}
         cos(ω·a)`` (so ``relVar = cosh z - 1``, Lemma 2)."""
         return SecondMoment(log_const=0.0, alpha=0.0, gamma=1.0, signs=(1, -1), pair_sign=-1)
 
-    def term_moment(self, x, y, j):
+    def term_moment(self, x: FloatArray, y: FloatArray, j: int) -> FloatOrArray:
         """``T = e^{(|x|²+|y|²)/2} cos(ω·(x-y))``: binomial expansion of ``cos^j``."""
         sx, sy = np.sum(x * x, -1), np.sum(y * y, -1)
         t = np.sum((x - y) ** 2, -1)
@@ -561,17 +590,25 @@ class CosOffsetMap(FeatureMap):
 
     name = "cos"
     blocks = ("",)  # one block, named as RBFSampler names its columns
-    offsets = True
-    in_place = True  # the features overwrite the projections
+    offsets: bool = True
+    in_place: bool = True  # the features overwrite the projections
 
-    def log_row_scale(self, m):
+    def log_row_scale(self, m: int) -> float:
         return 0.5 * np.log(2 / m)
 
-    def draw_offsets(self, m, rng):
+    def draw_offsets(self, m: int, rng: Rng) -> NDArray[np.float64]:
         """The offsets ``b``, drawn once in ``fit``."""
         return rng.uniform(0.0, 2.0 * np.pi, size=m)
 
-    def features(self, z, log_scale, out, *, offset, vectorized=False):
+    def features(
+        self,
+        z: FloatArray,
+        log_scale: FloatArray,
+        out: FloatArray,
+        *,
+        offset: FloatArray,
+        vectorized: bool = False,
+    ) -> None:
         """``z = exp(log_scale) cos(z + offset)`` in place (``out`` is ``z``)."""
         if vectorized:
             z += offset
@@ -588,14 +625,14 @@ class ActivationMap(FeatureMap):
     attention it gives is defined by ``f``.
     """
 
-    adds_epsilon = True  # attention adds its activation_epsilon to these features
+    adds_epsilon: bool = True  # attention adds its activation_epsilon to these features
     needs_projection = False  # f(x̃) itself, or f(W x̃) with a projection
 
-    def __init__(self, name, function):
+    def __init__(self, name: str, function: Callable[[FloatArray], FloatArray]) -> None:
         self.name = name
         self.function = function
 
-    def __call__(self, Z):
+    def __call__(self, Z: FloatArray) -> FloatArray:
         return self.function(Z)
 
 
@@ -611,7 +648,7 @@ class ArcCosineMap(ActivationMap):
     adds_epsilon = False  # an estimator: ε would bias it
     needs_projection = True
 
-    def __init__(self, degree):
+    def __init__(self, degree: int) -> None:
         self.degree = degree
         super().__init__(f"arccos{degree}", self._activation)
 
@@ -624,10 +661,10 @@ class ArcCosineMap(ActivationMap):
             np.multiply(Z, Z, out=Z)
         return Z
 
-    def log_row_scale(self, m):
+    def log_row_scale(self, m: int) -> float:
         return 0.5 * np.log(2 / m)
 
-    def features(self, z, out):
+    def features(self, z: FloatArray, out: FloatArray) -> FloatArray:
         """``out = sqrt(2/m) Θ(z) zⁿ`` for projections ``z`` (n, m); ``out`` may be ``z``."""
         if out is not z:
             out[...] = z
@@ -641,7 +678,7 @@ def _elu_plus_one(Z):
     return np.where(Z > 0, Z + 1, np.exp(np.minimum(Z, 0)))
 
 
-MAPS = {
+MAPS: dict[str, FeatureMap] = {
     "positive": PositiveMap(),
     "hyperbolic": HyperbolicMap(),
     "optimal": GerfMap("optimal", saderf=False),
@@ -657,7 +694,7 @@ MAPS = {
 }
 
 
-def get(name):
+def get(name: str | Callable[[FloatArray], FloatArray]) -> FeatureMap:
     """The map registered under ``name`` (a callable gives an :class:`ActivationMap`).
 
     Examples
@@ -677,7 +714,7 @@ def get(name):
         raise ValueError(f"unknown feature map {name!r}; the maps are {names}.") from None
 
 
-def names(kind):
+def names(kind: Literal["exponential", "attention", "random", "activation"]) -> tuple[str, ...]:
     """Names of the registered maps of one kind, in registration order: ``"exponential"``
     (positive features), ``"attention"`` (attention's estimators of the softmax kernel),
     ``"random"`` (every random-feature estimator) or ``"activation"``."""

@@ -6,6 +6,7 @@ the softmax and Gaussian kernel estimators of the Performer paper are unbiased (
 orthogonal blocks keep each row's marginal, Sec. 2.4). They differ in how the rows are
 *coupled*:
 
+==============  ============================================================
 ``gaussian``    independent rows (the paper's iid features).
 ``orthogonal``  exactly orthogonal rows inside blocks of ``d`` (ORF, Theorem 2), Haar blocks
                 thanks to the QR sign fix, chi-distributed row norms (or fixed ``sqrt(d)``
@@ -16,6 +17,7 @@ orthogonal blocks keep each row's marginal, Sec. 2.4). They differ in how the ro
 ``simplex``     simplex random features (SimRF): the d directions of a block point to the
                 vertices of a randomly rotated regular simplex (pairwise cosine -1/(d-1)),
                 chi norms; the lowest-MSE weight-independent coupling for positive features.
+==============  ============================================================
 
 Each takes ``random_state`` as None, an int, a :class:`numpy.random.RandomState` or a
 :class:`numpy.random.Generator`.
@@ -24,12 +26,15 @@ Each takes ``random_state`` as None, an int, a :class:`numpy.random.RandomState`
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 from scipy import stats
 from sklearn.utils import check_random_state
 
 from favorkit._kernels.fwht import fwht_rows_inplace
+from favorkit._typing import ArrayLike, NDArray, ProjectionName, RandomStateLike, Rng
 
 __all__ = [
     "PROJECTIONS",
@@ -43,7 +48,7 @@ __all__ = [
 ]
 
 
-def resolve_rng(random_state):
+def resolve_rng(random_state: RandomStateLike) -> Rng:
     """A Generator or RandomState from any accepted seed (Generators pass through).
 
     ``None``, an int or a ``RandomState`` go through scikit-learn's
@@ -102,7 +107,9 @@ def _haar_rows(rng, d, sign_fix=True):
     return q.T
 
 
-def gaussian(n_components, n_features, random_state=None):
+def gaussian(
+    n_components: int, n_features: int, random_state: RandomStateLike = None
+) -> NDArray[np.float64]:
     """Independent standard Gaussian rows (the paper's iid random features).
 
     Parameters
@@ -111,7 +118,7 @@ def gaussian(n_components, n_features, random_state=None):
         Number of rows m.
     n_features : int
         Input dimension d.
-    random_state : None, int, RandomState or Generator
+    random_state : None, int, RandomState or Generator, default=None
         Source of randomness.
 
     Returns
@@ -128,7 +135,14 @@ def gaussian(n_components, n_features, random_state=None):
     return resolve_rng(random_state).standard_normal((n_components, n_features))
 
 
-def orthogonal(n_components, n_features, random_state=None, *, norms="chi", sign_fix=True):
+def orthogonal(
+    n_components: int,
+    n_features: int,
+    random_state: RandomStateLike = None,
+    *,
+    norms: Literal["chi", "fixed"] = "chi",
+    sign_fix: bool = True,
+) -> NDArray[np.float64]:
     """Orthogonal random features (ORF): Haar-orthogonal blocks with chi or fixed norms.
 
     Rows come in independent blocks of ``d = n_features`` exactly orthogonal directions; the
@@ -142,7 +156,7 @@ def orthogonal(n_components, n_features, random_state=None, *, norms="chi", sign
         Number of rows m (any positive integer; m > d uses ceil(m / d) independent blocks).
     n_features : int
         Input dimension d.
-    random_state : None, int, RandomState or Generator
+    random_state : None, int, RandomState or Generator, default=None
         Source of randomness.
     norms : {"chi", "fixed"}, default="chi"
         ``"chi"`` gives every row an independent chi_d length, so each row is exactly
@@ -181,7 +195,9 @@ def orthogonal(n_components, n_features, random_state=None, *, norms="chi", sign
     return directions * lengths[:, None]
 
 
-def structured(n_components, n_features, random_state=None):
+def structured(
+    n_components: int, n_features: int, random_state: RandomStateLike = None
+) -> NDArray[np.float64]:
     """Structured orthogonal random features (SORF): ``H D3 H D2 H D1`` blocks.
 
     ``d`` is padded to the next power of two ``p``; each block is the ``p x p`` matrix
@@ -200,7 +216,7 @@ def structured(n_components, n_features, random_state=None):
         Number of rows m.
     n_features : int
         Input dimension d.
-    random_state : None, int, RandomState or Generator
+    random_state : None, int, RandomState or Generator, default=None
         Source of randomness.
 
     Returns
@@ -234,7 +250,9 @@ def structured(n_components, n_features, random_state=None):
     return directions * _chi_norms(rng, n_components, p)[:, None]
 
 
-def qmc(n_components, n_features, random_state=None):
+def qmc(
+    n_components: int, n_features: int, random_state: RandomStateLike = None
+) -> NDArray[np.float64]:
     """Quasi-Monte Carlo rows: scrambled Sobol points through the inverse normal CDF.
 
     Each scrambled Sobol point is marginally uniform on the unit cube, so each row is
@@ -248,7 +266,7 @@ def qmc(n_components, n_features, random_state=None):
         Number of rows m.
     n_features : int
         Input dimension d (at most 21201, scipy's Sobol limit).
-    random_state : None, int, RandomState or Generator
+    random_state : None, int, RandomState or Generator, default=None
         Source of randomness (seeds the scrambling).
 
     Returns
@@ -275,7 +293,9 @@ def qmc(n_components, n_features, random_state=None):
     return stats.norm.ppf(np.clip(u, eps, 1.0 - eps))
 
 
-def simplex(n_components, n_features, random_state=None):
+def simplex(
+    n_components: int, n_features: int, random_state: RandomStateLike = None
+) -> NDArray[np.float64]:
     """Simplex random features (SimRF; Reid et al. 2023, "Simplex Random Features").
 
     Each block of ``d`` rows is ``D_chi S R``: ``R`` a Haar rotation (sign-fixed QR), ``S``
@@ -292,7 +312,7 @@ def simplex(n_components, n_features, random_state=None):
         Number of rows m.
     n_features : int
         Input dimension d.
-    random_state : None, int, RandomState or Generator
+    random_state : None, int, RandomState or Generator, default=None
         Source of randomness.
 
     Returns
@@ -320,7 +340,8 @@ def simplex(n_components, n_features, random_state=None):
     return directions[:n_components] * _chi_norms(rng, n_components, d)[:, None]
 
 
-PROJECTIONS = {
+# A sampler: (n_components, n_features, random_state) -> W of that shape, float64.
+PROJECTIONS: dict[str, Callable[[int, int, RandomStateLike], NDArray[np.float64]]] = {
     "iid": gaussian,
     "gaussian": gaussian,
     "orthogonal": orthogonal,
@@ -330,7 +351,12 @@ PROJECTIONS = {
 }
 
 
-def draw(projection, n_components, n_features, random_state=None):
+def draw(
+    projection: ProjectionName | ArrayLike,
+    n_components: int,
+    n_features: int,
+    random_state: RandomStateLike = None,
+) -> NDArray[np.float64]:
     """Draw (or validate) a projection matrix by name.
 
     Parameters
@@ -341,7 +367,7 @@ def draw(projection, n_components, n_features, random_state=None):
         returned as float64.
     n_components, n_features : int
         The shape asked for.
-    random_state : None, int, RandomState or Generator
+    random_state : None, int, RandomState or Generator, default=None
 
     Returns
     -------

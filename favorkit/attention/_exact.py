@@ -4,10 +4,13 @@ and attention with any other non-negative kernel, in blocks of query rows."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 
 from favorkit._parallel import map_row_blocks
+from favorkit._typing import ArrayLike, FloatArray, NDArray
 from favorkit._validation import validate_params
 from favorkit.attention._engine import current_tuning
 from favorkit.attention._inputs import (
@@ -27,7 +30,15 @@ __all__ = ["kernel_attention", "softmax_attention"]
     {**ARRAYS, "causal": PARAMETERS["causal"], "scale": PARAMETERS["scale"]},
     prefer_skip_nested_validation=True,
 )
-def softmax_attention(Q, K, V, *, causal=False, scale=None, key_padding_mask=None):
+def softmax_attention(
+    Q: ArrayLike,
+    K: ArrayLike,
+    V: ArrayLike,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    key_padding_mask: ArrayLike | None = None,
+) -> FloatArray:
     """Exact softmax attention ``softmax(scale Q K^T) V``, the reference for FAVOR.
 
     Computed with log-sum-exp in float64 in blocks of query rows, so memory beyond the
@@ -130,7 +141,16 @@ def softmax_attention(Q, K, V, *, causal=False, scale=None, key_padding_mask=Non
     {**ARRAYS, "causal": PARAMETERS["causal"]},
     prefer_skip_nested_validation=True,
 )
-def kernel_attention(Q, K, V, kernel="arccos1", *, causal=False, key_padding_mask=None):
+def kernel_attention(
+    Q: ArrayLike,
+    K: ArrayLike,
+    V: ArrayLike,
+    kernel: Literal["arccos0", "arccos1", "arccos2"]
+    | Callable[[NDArray[np.float64], NDArray[np.float64]], ArrayLike] = "arccos1",
+    *,
+    causal: bool = False,
+    key_padding_mask: ArrayLike | None = None,
+) -> FloatArray:
     """Exact attention with a non-negative kernel: ``out_i = Σ_j k(q_i, k_j) v_j / Σ_j k(q_i,
     k_j)`` — the reference of generalized attention (Choromanski et al. 2021, Eq. 5).
 

@@ -3,11 +3,23 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any, Literal
 
 import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
 from favorkit import maps, sampling
+from favorkit._typing import (
+    ActivationName,
+    ArrayLike,
+    AttentionEstimator,
+    FloatArray,
+    NDArray,
+    ProjectionName,
+    RandomStateLike,
+    Self,
+)
 from favorkit._validation import _fit_context, check_is_fitted, validate_data, validate_params
 from favorkit._warnings import AccuracyWarning, warn
 from favorkit.attention._accuracy import quick_noise_ratio
@@ -103,21 +115,21 @@ def _attend(
 
 @validate_params({**ARRAYS, **PARAMETERS}, prefer_skip_nested_validation=True)
 def favor_attention(
-    Q,
-    K,
-    V,
+    Q: ArrayLike,
+    K: ArrayLike,
+    V: ArrayLike,
     *,
-    n_components=256,
-    kernel="softmax",
-    estimator="positive",
-    activation=None,
-    projection="orthogonal",
-    causal=False,
-    scale=None,
-    key_padding_mask=None,
-    activation_epsilon=1e-3,
-    random_state=None,
-):
+    n_components: int = 256,
+    kernel: Literal["softmax"] = "softmax",
+    estimator: AttentionEstimator = "positive",
+    activation: ActivationName | Callable[[FloatArray], FloatArray] | None = None,
+    projection: ProjectionName | ArrayLike | None = "orthogonal",
+    causal: bool = False,
+    scale: float | None = None,
+    key_padding_mask: ArrayLike | None = None,
+    activation_epsilon: float = 1e-3,
+    random_state: RandomStateLike = None,
+) -> FloatArray:
     r"""FAVOR attention: linear-time attention with random features (Performer).
 
     With features ``φ`` (below), bidirectional attention is
@@ -291,7 +303,7 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     Attributes
     ----------
-    projection_ : ndarray of shape (n_components, n_features_in_) or None
+    projection_ : ndarray of shape (n_components, n_features) or None
         The drawn rows ω_i (float64, before the ``sqrt(scale)``).
     scale_ : float
         The logit scale in use.
@@ -299,12 +311,12 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         FAVOR++/SADERF parameter ``A <= 0`` fitted in :meth:`fit` from the data passed there,
         for causal attention (0, i.e. FAVOR+, for the other estimators; bidirectional
         attention fits its own per call).
-    causal_query_scale_ : ndarray of shape (n_features_in_,)
+    causal_query_scale_ : ndarray of shape (n_features,)
         SADERF's ``Ψ`` fitted in :meth:`fit` (queries times Ψ, keys times Ψ⁻¹), for causal
         attention (ones for the other estimators).
     n_features_in_ : int
         The dimension d seen in ``fit``.
-    feature_names_in_ : ndarray of shape (n_features_in_,)
+    feature_names_in_ : ndarray of shape (n_features,)
         Names seen in ``fit`` (only for 2-D X with string column names).
 
     See Also
@@ -329,19 +341,27 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     _parameter_constraints: dict = dict(PARAMETERS)
 
+    # Set by fit (declared for type checkers; an unfitted estimator has none of them).
+    projection_: NDArray[np.float64] | None
+    scale_: float
+    causal_gerf_a_: float
+    causal_query_scale_: NDArray[np.float64]
+    n_features_in_: int
+    feature_names_in_: NDArray[np.object_]
+
     def __init__(
         self,
-        n_components=256,
+        n_components: int = 256,
         *,
-        kernel="softmax",
-        estimator="positive",
-        activation=None,
-        projection="orthogonal",
-        causal=False,
-        scale=None,
-        activation_epsilon=1e-3,
-        random_state=None,
-    ):
+        kernel: Literal["softmax"] = "softmax",
+        estimator: AttentionEstimator = "positive",
+        activation: ActivationName | Callable[[FloatArray], FloatArray] | None = None,
+        projection: ProjectionName | ArrayLike | None = "orthogonal",
+        causal: bool = False,
+        scale: float | None = None,
+        activation_epsilon: float = 1e-3,
+        random_state: RandomStateLike = None,
+    ) -> None:
         self.n_components = n_components
         self.kernel = kernel
         self.estimator = estimator
@@ -355,7 +375,7 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def _map(self):
         return resolve_map(self.estimator, self.activation, self.projection)
 
-    def _validate_X(self, X, reset):
+    def _validate_X(self, X: Any, reset: bool) -> NDArray[Any]:
         """2-D X goes through sklearn's validation (feature names, n_features_in_); a
         batched array-like (..., L, d), as :meth:`attend` takes, is checked here."""
         ndim = getattr(X, "ndim", None)
@@ -374,7 +394,9 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return X
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None, *, keys=None):
+    def fit(
+        self, X: ArrayLike, y: ArrayLike | None = None, *, keys: ArrayLike | None = None
+    ) -> Self:
         """Draw the projection and, for causal FAVOR++/SADERF, fit ``A`` (and ``Ψ``).
 
         For the maps without fitted parameters, and for activations, only ``d = X.shape[-1]`` is
@@ -391,7 +413,7 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         X : array-like of shape (..., L, d)
             Queries (or self-attention inputs): representative data for causal
             FAVOR++/SADERF; otherwise only the last dimension is read.
-        y : None
+        y : array-like or None, default=None
             Ignored.
         keys : array-like of shape (..., L_k, d), default=None
             Representative keys for causal FAVOR++/SADERF; None means X.
@@ -439,7 +461,7 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 self.projection, self.n_components, self.n_features_in_, self._rng
             )
 
-    def redraw(self):
+    def redraw(self) -> Self:
         """Draw a new projection from the estimator's random stream (same shape).
 
         Successive calls continue the stream that ``fit`` started, so a fixed
@@ -463,7 +485,15 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return self
 
     @validate_params({**ARRAYS, "causal": ["boolean", None]}, prefer_skip_nested_validation=True)
-    def attend(self, Q, K, V, *, causal=None, key_padding_mask=None):
+    def attend(
+        self,
+        Q: ArrayLike,
+        K: ArrayLike,
+        V: ArrayLike,
+        *,
+        causal: bool | None = None,
+        key_padding_mask: ArrayLike | None = None,
+    ) -> FloatArray:
         """Attention of queries Q over keys K with values V.
 
         Parameters
@@ -507,7 +537,7 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 f"Q has {d} features, but FavorAttention was fitted with d={self.n_features_in_}."
             )
 
-    def transform(self, X):
+    def transform(self, X: ArrayLike) -> FloatArray:
         """Self-attention ``attend(X, X, X)``, so the estimator can sit in a Pipeline.
 
         Parameters
@@ -531,7 +561,14 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         },
         prefer_skip_nested_validation=True,
     )
-    def attention_matrix(self, Q, K, *, causal=None, key_padding_mask=None):
+    def attention_matrix(
+        self,
+        Q: ArrayLike,
+        K: ArrayLike,
+        *,
+        causal: bool | None = None,
+        key_padding_mask: ArrayLike | None = None,
+    ) -> NDArray[np.float64]:
         """The normalized attention matrix ``D^{-1} φ(Q̃) φ(K̃)^T`` (small L; diagnostics).
 
         Computed densely in float64 from the same features as :meth:`attend`, so
@@ -571,11 +608,11 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                     rt[mask[n]] = -np.inf
                 positive_attention_rows(features.queries(Qf[n], seq=n), zk, rt, causal, A[n])
             return A.reshape(*batch, Lq, Lk)
-        features = SignedFeatures(fmap, self.projection_, self.scale_, self.activation_epsilon, f64)
+        signed = SignedFeatures(fmap, self.projection_, self.scale_, self.activation_epsilon, f64)
         n_bad = 0
         for n in range(n_seq):
-            fq = features(Qf[n], keys=False, seq=n)[0]
-            fk, s = features(Kf[n], keys=True, seq=n)
+            fq = signed(Qf[n], keys=False, seq=n)[0]
+            fk, s = signed(Kf[n], keys=True, seq=n)
             mask_keys(fk, s, None if mask is None else mask[n])
             if not np.isfinite(s).any():
                 continue

@@ -27,7 +27,7 @@ Later estimators and couplings
                                     cosine (0: orthogonal, ``-1/(d-1)``: simplex)
 ``coupled_relative_mse``            exact relative MSE of iid, orthogonal and simplex
                                     couplings of positive, GERF and hyperbolic features
-Other kernels (:mod:`favorkit.kernels`)
+Other kernels
 ``mse_random_fourier``              iid random Fourier features of a shift-invariant
                                     kernel, ``[cos, sin]`` or cosines with offsets
                                     (Rahimi and Recht 2007; Sutherland and Schneider 2015)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from favorkit._typing import ArrayLike, NDArray
+
 __all__ = ["as_pairs", "check_a", "check_d", "check_z", "projection_count", "projections"]
 
 
-def as_pairs(x, y):
+def as_pairs(x: ArrayLike, y: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """``x`` and ``y`` as float64 arrays of pairs ``(..., d)`` with the same last axis."""
     x = np.asarray(x, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -18,7 +20,7 @@ def as_pairs(x, y):
     return x, y
 
 
-def projections(m):
+def projections(m: ArrayLike) -> NDArray[np.float64]:
     """A number of projections m >= 1 as float64 (the paper's formulas take real m)."""
     m = np.asarray(m, dtype=np.float64)
     if np.any(~(m >= 1)):
@@ -26,7 +28,7 @@ def projections(m):
     return m
 
 
-def projection_count(m):
+def projection_count(m: ArrayLike) -> NDArray[np.int64]:
     """A whole number of projections m >= 1 as int64 (block counts need integers)."""
     m = np.asarray(m)
     if m.dtype.kind not in "iu" and not np.all(m == np.round(m)):
@@ -36,13 +38,13 @@ def projection_count(m):
     return m.astype(np.int64)
 
 
-def check_d(d):
+def check_d(d: int) -> int:
     if not isinstance(d, (int, np.integer)) or isinstance(d, bool) or d < 1:
         raise ValueError(f"d must be a positive integer, got {d!r}.")
     return int(d)
 
 
-def check_a(a):
+def check_a(a: ArrayLike) -> NDArray[np.float64]:
     a = np.asarray(a, dtype=np.float64)
     if np.any(~(a < 0.125)):
         raise ValueError(
@@ -52,7 +54,7 @@ def check_a(a):
     return a
 
 
-def check_z(z):
+def check_z(z: ArrayLike) -> NDArray[np.float64]:
     z = np.asarray(z, dtype=np.float64)
     if np.any(~(z >= 0)):
         raise ValueError("z = |u + v|² must be finite and >= 0.")

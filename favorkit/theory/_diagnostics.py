@@ -8,12 +8,15 @@ the error can be predicted from the queries and keys alone, without a single dra
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 from scipy import interpolate
 
 from favorkit import kernels, maps
+from favorkit._typing import ArrayLike, FloatOrArray, NDArray, PositiveEstimator
 from favorkit.maps import MapParams, Moments
 from favorkit.theory._checks import projection_count
 from favorkit.theory._gerf import COUPLINGS, coupling_cosine, log_moment_series, pair_count
@@ -84,16 +87,16 @@ class ExpectedError:
     n_components: int
     n_features: int
     gerf_a: float
-    query_scale: np.ndarray = field(repr=False)
+    query_scale: NDArray[np.float64] = field(repr=False)
     mean: float
     median: float
     max: float
-    per_pair: np.ndarray | None = field(repr=False)
+    per_pair: NDArray[np.float64] | None = field(repr=False)
     mean_single_variance: float
     mean_pair_covariance: float
     mean_log1p_variance: float
 
-    def relative_mse(self, m):
+    def relative_mse(self, m: ArrayLike) -> FloatOrArray:
         """Predicted mean relative MSE with ``m`` projections (same data, estimator, coupling).
 
         Parameters
@@ -109,7 +112,7 @@ class ExpectedError:
         v, c = self.mean_single_variance, self.mean_pair_covariance
         return (v / m + pairs / m.astype(np.float64) ** 2 * c)[()]
 
-    def features_needed(self, target):
+    def features_needed(self, target: float) -> int | float:
         """Smallest m whose predicted mean relative MSE is ``<= target``.
 
         Parameters
@@ -127,7 +130,7 @@ class ExpectedError:
         return _smallest_m(self, target)
 
 
-def check_target(target):
+def check_target(target: float) -> float:
     """A target error: a finite number > 0, as float."""
     if isinstance(target, bool) or not isinstance(target, (int, float, np.number)):
         raise ValueError(f"target must be > 0 (a number), got {target!r}.")
@@ -137,7 +140,7 @@ def check_target(target):
     return target
 
 
-def smallest_m(meets, low, high, d):
+def smallest_m(meets: Callable[[Any], Any], low: float, high: float, d: int) -> int | float:
     """The smallest m >= 1 with ``meets(m)`` (vectorised over int64 arrays).
 
     The error at m lies between the lines ``low/m`` and ``high/m`` in units of the target
@@ -246,15 +249,15 @@ def _cov_function(z_min, z_max, d, coupling, antithetic, n_pairs):
 
 
 def expected_error(
-    Q,
-    K,
-    n_components,
+    Q: ArrayLike,
+    K: ArrayLike,
+    n_components: int,
     *,
-    estimator="positive",
-    projection="orthogonal",
-    kernel="softmax",
-    gamma=1.0,
-):
+    estimator: PositiveEstimator = "positive",
+    projection: Literal["orthogonal", "iid", "gaussian", "simplex"] = "orthogonal",
+    kernel: Literal["softmax", "gaussian"] = "softmax",
+    gamma: float = 1.0,
+) -> ExpectedError:
     """Predict the relative MSE of the kernel estimates on your own queries and keys.
 
     For ``PositiveRandomFeatures(n_components, estimator=..., projection=..., kernel=...,
@@ -374,15 +377,15 @@ def expected_error(
 
 
 def features_needed(
-    Q,
-    K,
-    target,
+    Q: ArrayLike,
+    K: ArrayLike,
+    target: float,
     *,
-    estimator="positive",
-    projection="orthogonal",
-    kernel="softmax",
-    gamma=1.0,
-):
+    estimator: PositiveEstimator = "positive",
+    projection: Literal["orthogonal", "iid", "gaussian", "simplex"] = "orthogonal",
+    kernel: Literal["softmax", "gaussian"] = "softmax",
+    gamma: float = 1.0,
+) -> int | float:
     """Smallest number of projections m whose predicted mean relative MSE is ``<= target``.
 
     Uses the pair averages of :func:`expected_error` (which do not depend on m) and the

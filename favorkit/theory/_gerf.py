@@ -37,10 +37,13 @@ The pair covariance of the *hyperbolic* estimator (``Λ cosh(ω·(u+v))``, antit
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 from scipy import special
 
 from favorkit import maps
+from favorkit._typing import ArrayLike, FloatOrArray, NDArray
 from favorkit.theory._checks import check_a, check_d, check_z, projection_count
 
 __all__ = [
@@ -55,7 +58,7 @@ __all__ = [
     "pair_covariance",
 ]
 
-COUPLINGS = ("iid", "orthogonal", "simplex")
+COUPLINGS: tuple[str, ...] = ("iid", "orthogonal", "simplex")
 _ANGLE_NODES = 200
 # The maps whose one-projection variance the coupled MSE uses (any fitted A: FAVOR++'s
 # form; the antithetic pair: the hyperbolic map's).
@@ -63,7 +66,7 @@ _GERF = maps.GerfMap("optimal", saderf=False)
 _ANTITHETIC = maps.HyperbolicMap()
 
 
-def gerf_relative_variance(z, d, a=0.0):
+def gerf_relative_variance(z: ArrayLike, d: int, a: ArrayLike = 0.0) -> FloatOrArray:
     """Relative variance of one GERF projection (Likhosherstov et al. 2022).
 
     For ``f(ω, u) = D exp(A|ω|² + B ω·u - |u|²/2)`` with ``B = sqrt(1-4A)``,
@@ -99,10 +102,10 @@ def gerf_relative_variance(z, d, a=0.0):
     d = check_d(d)
     z = check_z(z)
     a = check_a(a)
-    return _GERF.relative_variance(z, d, a)[()]
+    return _GERF.relative_variance(z, d, a)[()]  # type: ignore[index]  # z is an array
 
 
-def log_sphere_mgf(s, d):
+def log_sphere_mgf(s: ArrayLike, d: int) -> FloatOrArray:
     """``log Ω_d(s)``, ``Ω_d(s) = E_{u ~ Unif(S^{d-1})} e^{s u_1}`` (Reid et al. 2023).
 
     ``Ω_d(s) = Γ(d/2) (s/2)^{1-d/2} I_{d/2-1}(s) = 0F1(; d/2; s²/4)``, evaluated with the
@@ -145,7 +148,7 @@ def log_sphere_mgf(s, d):
     return np.where(small, log_small, log_big)[()]
 
 
-def coupling_cosine(coupling, d):
+def coupling_cosine(coupling: str | float, d: int) -> float | None:
     """Pairwise cosine of two rows in one block: None (iid), 0 (orthogonal), -1/(d-1)."""
     if isinstance(coupling, str):
         if coupling == "iid":
@@ -194,7 +197,7 @@ def _series_peak(z, d):
 _SERIES_BLOCK = 1 << 22
 
 
-def log_moment_series(z, d, c):
+def log_moment_series(z: ArrayLike, d: int, c: float) -> NDArray[np.float64]:
     """``log(1 + Cov(c))`` for an array of z by the positive series (module docstring).
 
     Memory is bounded for any z (a window of ``O(sqrt z)`` terms around the peak, in blocks)
@@ -272,7 +275,7 @@ def _log_moment_wide(z, d, c, k_lo, k_hi):
     return float(special.logsumexp(_log_terms(k, z, d, c)) - z)
 
 
-def cov_series(z, d, c):
+def cov_series(z: ArrayLike, d: int, c: float) -> NDArray[np.float64]:
     """Cov(c) for an array of z by the positive series (module docstring)."""
     return np.expm1(log_moment_series(z, d, c))
 
@@ -296,7 +299,13 @@ def _cov_quadrature(z, d, c, n_nodes=160):
     return out
 
 
-def pair_covariance(z, d, coupling="orthogonal", *, method="series"):
+def pair_covariance(
+    z: ArrayLike,
+    d: int,
+    coupling: Literal["orthogonal", "simplex", "iid"] | float = "orthogonal",
+    *,
+    method: Literal["series", "quadrature"] = "series",
+) -> FloatOrArray:
     """Relative covariance ``Cov(c)`` of two projections in one coupled block.
 
     ``Cov(c) = Cov[T_i, T_j] / K²`` for the one-projection estimates ``T_i, T_j`` of a GERF
@@ -348,7 +357,7 @@ def pair_covariance(z, d, coupling="orthogonal", *, method="series"):
     return out.reshape(z.shape)[()]
 
 
-def pair_count(m, d, coupling):
+def pair_count(m: ArrayLike, d: int, coupling: str | float) -> NDArray[np.float64]:
     """Ordered pairs of rows sharing a block: Σ_b s_b(s_b - 1) (blocks of d, last truncated)."""
     m = np.asarray(m)
     if coupling == "iid" or d == 1:
@@ -364,7 +373,15 @@ def _antithetic_covariance(z, d, coupling):
     return 0.5 * (cov_series(z, d, c) + cov_series(z, d, -c))
 
 
-def coupled_relative_mse(z, d, m, *, a=0.0, coupling="orthogonal", hyperbolic=False):
+def coupled_relative_mse(
+    z: ArrayLike,
+    d: int,
+    m: ArrayLike,
+    *,
+    a: ArrayLike = 0.0,
+    coupling: Literal["orthogonal", "iid", "simplex"] = "orthogonal",
+    hyperbolic: bool = False,
+) -> FloatOrArray:
     """Exact relative MSE of a GERF/positive estimator with m coupled projections.
 
     ``relMSE = V1/m + (P/m²) Cov(c)`` with ``V1`` the one-projection relVar

@@ -12,15 +12,18 @@ Notation: ``Δ = x - y``, ``k`` the kernel, ``m`` the number of random frequenci
 
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 
 from favorkit import kernels
+from favorkit._typing import ArrayLike, NDArray
 from favorkit.theory._checks import as_pairs, projections
 
 __all__ = ["FEATURE_LAYOUTS", "mse_arccos", "mse_random_fourier"]
 
 # The trigonometric layouts, named as favorkit.features names them.
-FEATURE_LAYOUTS = ("cossin", "cos")
+FEATURE_LAYOUTS: tuple[str, ...] = ("cossin", "cos")
 
 
 def _check_gamma(gamma):
@@ -30,7 +33,16 @@ def _check_gamma(gamma):
     return gamma
 
 
-def mse_random_fourier(x, y, m, *, kernel="gaussian", gamma=1.0, nu=1.5, features="cossin"):
+def mse_random_fourier(
+    x: ArrayLike,
+    y: ArrayLike,
+    m: ArrayLike,
+    *,
+    kernel: Literal["gaussian", "laplacian", "matern"] = "gaussian",
+    gamma: float = 1.0,
+    nu: float = 1.5,
+    features: Literal["cossin", "cos"] = "cossin",
+) -> NDArray[np.float64]:
     """Exact MSE of the iid random Fourier estimate of a shift-invariant kernel.
 
     By Bochner's theorem ``k(Δ) = E_ω cos(ω·Δ)`` (Rahimi and Recht 2007), and the two
@@ -62,9 +74,8 @@ def mse_random_fourier(x, y, m, *, kernel="gaussian", gamma=1.0, nu=1.5, feature
         Pairs of vectors (broadcast against each other).
     m : int or array-like
         Number of random frequencies (``features="cossin"`` has ``2m`` columns).
-    kernel : str, default="gaussian"
-        A shift-invariant kernel of :mod:`favorkit.kernels`: ``"gaussian"``,
-        ``"laplacian"`` or ``"matern"``.
+    kernel : {"gaussian", "laplacian", "matern"}, default="gaussian"
+        A shift-invariant kernel of :mod:`favorkit.kernels`.
     gamma : float, default=1.0
         The kernel's ``gamma > 0`` (as in :mod:`favorkit.kernels`).
     nu : {0.5, 1.5, 2.5}, default=1.5
@@ -119,7 +130,7 @@ def mse_random_fourier(x, y, m, *, kernel="gaussian", gamma=1.0, nu=1.5, feature
     return np.maximum(var, 0.0) / m
 
 
-def mse_arccos(x, y, m, *, degree=1):
+def mse_arccos(x: ArrayLike, y: ArrayLike, m: ArrayLike, *, degree: int = 1) -> NDArray[np.float64]:
     """Exact MSE of the iid arc-cosine estimate of degree ``n`` (Cho and Saul 2009).
 
     The features ``φ(x) = sqrt(2/m) Θ(ω_i·x) (ω_i·x)ⁿ``, ``ω_i ~ N(0, I)`` iid (``Θ`` the
@@ -158,7 +169,7 @@ def mse_arccos(x, y, m, *, degree=1):
     >>> bool(abs(mse / theory.mse_arccos(x, y, 10, degree=1) - 1) < 0.1)
     True
     """
-    degrees = kernels.get("arccos").DEGREES
+    degrees = kernels.get("arccos").DEGREES  # type: ignore[attr-defined]  # ArcCosine's
     if isinstance(degree, bool) or degree not in degrees:
         raise ValueError(
             f"degree must be one of {degrees} (the second moment needs J_(2n), written out "

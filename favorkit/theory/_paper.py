@@ -15,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import optimize, special
 
+from favorkit._typing import ArrayLike, FloatOrArray, NDArray
 from favorkit.theory._checks import as_pairs, projections
 
 __all__ = [
@@ -39,7 +40,7 @@ def _sq_dot(x, y):
     return np.einsum("...i,...i->...", x, y)
 
 
-def softmax_kernel(x, y):
+def softmax_kernel(x: ArrayLike, y: ArrayLike) -> NDArray[np.float64]:
     """The softmax kernel ``SM(x, y) = exp(x·y)`` (Eq. 6).
 
     Parameters
@@ -62,7 +63,7 @@ def softmax_kernel(x, y):
     return np.exp(np.einsum("...i,...i->...", x, y))
 
 
-def mse_trig(x, y, m):
+def mse_trig(x: ArrayLike, y: ArrayLike, m: ArrayLike) -> NDArray[np.float64]:
     """MSE of the trigonometric estimator ``SM^trig_m`` with iid projections (Lemma 2, Eq. 8).
 
     ``MSE = (1/(2m)) exp(|x+y|²) SM(x,y)^-2 (1 - exp(-|x-y|²))²``, computed in the equal
@@ -95,7 +96,7 @@ def mse_trig(x, y, m):
     return np.exp(2.0 * _sq_dot(x, y)) * 2.0 * np.sinh(0.5 * d2) ** 2 / m
 
 
-def mse_positive(x, y, m):
+def mse_positive(x: ArrayLike, y: ArrayLike, m: ArrayLike) -> NDArray[np.float64]:
     """MSE of the positive estimator ``SM^+_m`` with iid projections (Lemma 2, Eq. 8).
 
     ``MSE = (1/m) exp(|x+y|²) SM(x,y)² (1 - exp(-|x+y|²))``, i.e. relative MSE
@@ -126,7 +127,7 @@ def mse_positive(x, y, m):
     return np.exp(2.0 * _sq_dot(x, y)) * np.expm1(_sq(x + y)) / m
 
 
-def mse_hyperbolic(x, y, m):
+def mse_hyperbolic(x: ArrayLike, y: ArrayLike, m: ArrayLike) -> NDArray[np.float64]:
     """MSE of the hyperbolic estimator ``SM^hyp+_m`` with iid projections (Lemma 2, Eq. 8).
 
     ``MSE = ½ (1 - exp(-|x+y|²)) MSE(SM^+_m)``, i.e. relative MSE ``(cosh|x+y|² - 1)/m``.
@@ -157,7 +158,9 @@ def mse_hyperbolic(x, y, m):
     return 0.5 * -np.expm1(-z2) * mse_positive(x, y, m)
 
 
-def orthogonal_mse_bound(x, y, m, *, blocks=False):
+def orthogonal_mse_bound(
+    x: ArrayLike, y: ArrayLike, m: ArrayLike, *, blocks: bool = False
+) -> NDArray[np.float64]:
     """Upper bound on the MSE of orthogonal positive features (Theorem 2, arXiv v4).
 
     For ``m <= d`` exactly orthogonal projections with Gaussian marginals,
@@ -216,7 +219,7 @@ def orthogonal_mse_bound(x, y, m, *, blocks=False):
     return out + np.where(rest > 0, rest_term, 0.0)
 
 
-def mse_ratio(angle, length):
+def mse_ratio(angle: ArrayLike, length: ArrayLike) -> FloatOrArray:
     """Fig. 2's utility ``r = MSE(SM^trig_m) / MSE(SM^+_m)`` at ``|x| = |y| = length``.
 
     With ``φ`` the angle between x and y and ``l`` the common length, Lemma 2 gives
@@ -237,7 +240,7 @@ def mse_ratio(angle, length):
 
     Returns
     -------
-    ndarray
+    float or ndarray
         The ratio (``inf`` at ``φ = ±π``, ``l != 0``).
 
     Examples
@@ -258,7 +261,7 @@ def mse_ratio(angle, length):
     return np.where(l2 == 0.0, 0.0, np.where(den == 0.0, np.inf, r))[()]
 
 
-def crossover_angle(length):
+def crossover_angle(length: float) -> float:
     """Angle ``φ in (0, π)`` where ``mse_ratio(φ, length) = 1`` (Fig. 2's crossover).
 
     Trigonometric features win for ``|φ|`` below it, positive features above it
@@ -287,7 +290,7 @@ def crossover_angle(length):
     )
 
 
-def smreg_kernel(x, y):
+def smreg_kernel(x: ArrayLike, y: ArrayLike) -> NDArray[np.float64]:
     """The regularized softmax kernel SMREG(x, y) of Theorem 1 in closed form.
 
     SMREG is what positive features estimate when every projection has length ``sqrt(d)``
@@ -337,7 +340,7 @@ def smreg_kernel(x, y):
     return np.exp(log_lam + np.where(ok_h, log_h, log_i))
 
 
-def smreg_bounds(d):
+def smreg_bounds(d: ArrayLike) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Theorem 1's bounds on ``SMREG / SM`` for dimension ``d``: ``(lower, upper)``.
 
     ``upper = 1`` holds for every ``d >= 2`` and every pair: SMREG never exceeds SM.
@@ -367,7 +370,9 @@ def smreg_bounds(d):
     return 1.0 - 2.0 / np.cbrt(d), np.ones_like(d)
 
 
-def uniform_convergence_features(epsilon, d, R):
+def uniform_convergence_features(
+    epsilon: ArrayLike, d: ArrayLike, R: ArrayLike
+) -> NDArray[np.float64]:
     """Projections m for ``‖Â - A‖∞ <= ε`` with orthogonal trig features (Theorem 4, v4).
 
     With ``|q_i|, |k_j| <= R``, ``l = R d^{-1/4}``, ``h* = exp(l²/2)`` and
