@@ -270,7 +270,7 @@ def run(ctx):
         )
     )
 
-    _plot(ctx, X, Y, ms, mse, mse_se, closed, bound, d)
+    _plot(ctx, X, Y, ms, mse, mse_se, closed, bound, d, observable_mse)
     notes = [
         f"Pairs: {source}; d = {d}; kernel SM(x, y) = exp(x·y). m counts projections: the "
         "positive estimator has m features, trig and hyperbolic have 2m.",
@@ -480,53 +480,59 @@ def _angle(x, y):
     return float(np.arccos(np.clip(c, -1, 1)))
 
 
-def _plot(ctx, X, Y, ms, mse, mse_se, closed, bound, d):
+def _plot(ctx, X, Y, ms, mse, mse_se, closed, bound, d, observable):
+    """One panel per pair, drawn by favorkit.plotting (the gallery's function) from the
+    arrays measured here; the points the claims leave out (heavy tails) are hollow."""
     import matplotlib.pyplot as plt
+
+    from favorkit.plotting import VarianceCurves, draw_variance_curves
 
     n = X.shape[0]
     fig, axes = plt.subplots(
         1, n, figsize=(4.6 * n, 5.2), squeeze=False, sharey=False, layout="constrained"
     )
-    colors = {"trig": "tab:blue", "positive": "tab:orange", "hyperbolic": "tab:green"}
     sm2 = theory.softmax_kernel(X, Y) ** 2
+    legend = {}
     for i, ax in enumerate(axes[0]):
-        for e, en in enumerate(ESTIMATORS):
-            ax.plot(
-                ms, closed[en][i] / sm2[i], color=colors[en], lw=1.5, label=f"{en}, Lemma 2 (iid)"
-            )
-            for p, (pn, mk) in enumerate(zip(PROJECTIONS, ("o", "s"), strict=True)):
-                ax.errorbar(
-                    ms * (1.0 if p == 0 else 1.08),
-                    mse[e, p, i] / sm2[i],
-                    yerr=2 * mse_se[e, p, i] / sm2[i],
-                    fmt=mk,
-                    ms=4,
-                    color=colors[en],
-                    mfc="none" if p else colors[en],
-                    label=f"{en}, {pn} (measured ± 2 se)",
-                )
-        ax.plot(
+        iid_only = np.full((len(PROJECTIONS), len(ms)), np.nan)
+        iid_only[PROJECTIONS.index("iid")] = 1.0  # Lemma 2 is the iid closed form
+        curves = VarianceCurves(
+            m=ms,
+            estimators=ESTIMATORS,
+            projections=PROJECTIONS,
+            relative_mse=mse[:, :, i] / sm2[i],
+            standard_error=mse_se[:, :, i] / sm2[i],
+            theory=np.stack([iid_only * closed[en][i] / sm2[i] for en in ESTIMATORS]),
+            heavy_tailed=np.stack(
+                [
+                    np.broadcast_to(~observable[en][i], (len(PROJECTIONS), len(ms)))
+                    for en in ESTIMATORS
+                ]
+            ),
+            kernel="softmax",
+            n_features=d,
+        )
+        for h in draw_variance_curves(ax, curves, legend=False):
+            legend.setdefault(h.get_label(), h)
+        # Theorem 2 bounds the one-sided positive map with orthogonal projections only.
+        (bound_line,) = ax.plot(
             ms,
             bound[i] / sm2[i],
-            color=colors["positive"],
-            ls="--",
+            color=f"C{ESTIMATORS.index('positive')}",
+            ls="-.",
             lw=1,
-            label="positive, orthogonal: Thm 2 bound",
+            label="positive, orthogonal: Theorem 2 bound",
         )
-        ax.axvline(d, color="0.7", lw=0.8, ls=":")
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
+        ax.axvline(d, color="0.6", lw=0.8, ls=":")
+        legend.setdefault(bound_line.get_label(), bound_line)
         ax.set_xlabel("number of random projections m")
-        if i == 0:
-            ax.set_ylabel("relative MSE = MSE / SM(x,y)²  (dimensionless)")
+        ax.set_ylabel("relative MSE = MSE / SM(x,y)²" if i == 0 else "")
         ax.set_title(
             f"|x|={np.linalg.norm(X[i]):.2f}, |y|={np.linalg.norm(Y[i]):.2f}, "
             f"angle={_angle(X[i], Y[i]):.2f} rad",
             fontsize=9,
         )
-    fig.legend(
-        *axes[0, 0].get_legend_handles_labels(), fontsize=7, ncols=4, loc="outside lower center"
-    )
+    fig.legend(handles=list(legend.values()), fontsize=8, ncols=4, loc="outside lower center")
     fig.suptitle(f"Lemma 2: MSE vs number of features (d={d}; dotted line: m = d)")
     C.save_figure(fig, ctx.path(f"{NAME}.png"))
 

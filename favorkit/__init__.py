@@ -11,7 +11,7 @@ guard fired) and :class:`AccuracyWarning` (the approximation is mostly noise); f
 like any warning.
 """
 
-from favorkit import accuracy, kernels, maps, sampling, theory
+from favorkit import accuracy, kernels, maps, plotting, sampling, theory
 from favorkit._warnings import AccuracyWarning, NumericalWarning
 from favorkit.attention import FavorAttention, favor_attention, kernel_attention, softmax_attention
 from favorkit.features import ArcCosineFeatures, OrthogonalRFF, PositiveRandomFeatures
@@ -31,6 +31,7 @@ __all__ = [
     "kernel_attention",
     "kernels",
     "maps",
+    "plotting",
     "sampling",
     "softmax_attention",
     "theory",
