@@ -57,6 +57,17 @@ def exp_exact(x):
     return np.exp(np.asarray(x, dtype=np.float64))
 
 
+def exp_long(x):
+    """exp(x) in long double (64-bit significand on x86-64: |relative error| < 1e-19), the
+    reference for float64 exps."""
+    return np.exp(np.asarray(x, dtype=np.longdouble))
+
+
+def float64_ulp(y):
+    """The spacing of float64 numbers at |y| (the subnormal spacing 2^-1074 below 2^-1022)."""
+    return np.spacing(np.abs(np.asarray(y, dtype=np.float64)))
+
+
 def float32_ulp(y):
     """The spacing of float32 numbers at |y| (the subnormal spacing 2^-149 below 2^-126)."""
     y = np.abs(np.asarray(y, dtype=np.float64))
