@@ -420,6 +420,41 @@ def _row_pairs(row, k, draws, Kk, V, sm, coupled):
     return est, var, est_slack, var_slack
 
 
+def noise_rows(U, K, V, share, sm):
+    """The AccuracyWarning check's per-row sums (each row with its own sampled keys ``K``
+    (R, n, d) and values ``V``): the predicted squared error at one projection, the
+    normalizer's ``1 + relVar`` and the spread ``Σ p |v - y|²``; numpy as the check was
+    before its kernel."""
+    b = np.einsum("rkd,rd->rk", K, U)
+    logp = b - b.max(axis=1, keepdims=True)
+    p = np.exp(logp)
+    total = p.sum(axis=1, keepdims=True)
+    p /= total
+    logp -= np.log(total)
+    y = np.einsum("rk,rkv->rv", p, V)
+    w = V - y[:, None, :]
+    w2 = np.einsum("rkv,rkv->rk", w, w)
+    spread = (p * w2).sum(axis=1)
+    uu, kk = np.einsum("rd,rd->r", U, U), np.einsum("rkd,rkd->rk", K, K)
+    z = np.maximum(uu[:, None] + 2.0 * sm.pair_sign * b + kk, 0.0)
+    single = np.zeros(len(U))
+    norm = np.zeros(len(U))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for sigma in sm.signs:
+            ell = logp + sm.alpha * z + sigma * sm.gamma * sm.pair_sign * b
+            grow = ell + 0.5 * sigma * sm.gamma * kk
+            shift = np.maximum(ell.max(axis=1), grow.max(axis=1))
+            e, g = np.exp(ell - shift[:, None]), np.exp(grow - shift[:, None])
+            s1 = np.einsum("rk,rkv->rv", e, w)
+            front = sm.log_const + sigma * sm.gamma * uu + 2.0 * shift
+            scale = np.where(front > 700.0, np.inf, np.exp(np.minimum(front, 700.0)))
+            scale /= len(sm.signs)
+            diag = share * ((g * g - e * e) * w2).sum(axis=1)
+            single += scale * (np.einsum("rv,rv->r", s1, s1) + diag)
+            norm += scale * (e.sum(axis=1) ** 2 + share * (g * g - e * e).sum(axis=1))
+    return single, norm, spread
+
+
 def rows_error(sm, coupled, d, U, Kk, V, visible, rng, n_pairs):
     """Per-row sums for a block of query rows of one sequence (module docstring).
 

@@ -397,3 +397,31 @@ def test_key_rows(dtype):
     acc.key_rows(K, V, 0.7, psi, *out)
     for got, expected in zip(out, naive.key_rows(K, V, 0.7, psi), strict=True):
         assert_allclose(got, expected, rtol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["positive", "hyperbolic", "optimal", "trig"])
+@pytest.mark.parametrize("scale", [0.3, 8.0])
+def test_noise_rows(name, scale):
+    """The AccuracyWarning check's sums; at scale 8 the logits reach ±300 (their exps
+    overflow without a shift) and the moments e^{|u + k̃|²} overflow (inf, as the twin's)."""
+    rng = np.random.default_rng(4)
+    n_seq, L, d, d_v = 2, 300, 16, 7
+    Kf = (rng.normal(scale=scale, size=(n_seq, L, d))).astype(np.float32)
+    Vf = rng.normal(size=(n_seq, L, d_v))
+    seqs = np.array([0, 1, 1, 0, 1])
+    picks = rng.integers(0, L, size=(5, 40))
+    U = rng.normal(scale=scale, size=(5, d)) / d**0.25
+    root, psi = d**-0.25, rng.uniform(0.8, 1.25, d)
+    share = rng.uniform(0.1, 1, 5)
+    fmap = maps.get(name)
+    sm = fmap.second_moment(d, -0.05 if fmap.fitted else 0.0)
+    out = np.empty((5, 3))
+    moment = np.array([sm.alpha, sm.gamma, float(sm.pair_sign), sm.log_const])
+    signs = np.array(sm.signs, dtype=np.float64)
+    acc.noise_rows(U, Kf, Vf, seqs, picks, root, psi, share, moment, signs, out)
+    K = Kf[seqs[:, None], picks].astype(np.float64) * root / psi
+    expected = naive.noise_rows(U, K, Vf[seqs[:, None], picks], share, sm)
+    for got, want in zip(out.T, expected, strict=True):
+        assert_allclose(got, want, rtol=1e-10)
+    if scale > 1:  # the hostile regime was reached
+        assert np.nanmax(out[:, 0]) > 1e100

@@ -440,8 +440,9 @@ def quick_noise_ratio(Qf, Kf, Vf, mask, causal, root, fmap, m, fitted, n_rows=8,
     the full one), the predicted squared error of the output row (iid couplings, exact
     one-projection covariances without key-key interactions) is compared with the spread
     of what the row averages, ``Σ_j p_j |v_j - y|²`` (the attention-weighted variance of the
-    values). Costs O(n_rows n_keys (d + d_v)) in a few dozen array operations, whatever L is,
-    and is deterministic (a fixed seed).
+    values). Costs O(n_rows n_keys (d + d_v)) in one pass of
+    :func:`favorkit._kernels.accuracy.noise_rows`, whatever L is, and is deterministic (a
+    fixed seed).
 
     Returns
     -------
@@ -459,7 +460,12 @@ def quick_noise_ratio(Qf, Kf, Vf, mask, causal, root, fmap, m, fitted, n_rows=8,
     picks, counts, keep = [], [], []
     for n, i in zip(seqs, rows, strict=True):
         last = min(Lk, i + 1) if causal else Lk
-        visible = np.arange(last) if mask is None else np.flatnonzero(~mask[n, :last])
+        if mask is None:  # the visible keys are 0..last-1: a draw is its own key
+            picks.append(rng.integers(0, last, size=n_keys))
+            counts.append(last)
+            keep.append((n, i))
+            continue
+        visible = np.flatnonzero(~mask[n, :last])
         if visible.size:
             picks.append(visible[rng.integers(0, visible.size, size=n_keys)])
             counts.append(visible.size)
@@ -468,43 +474,23 @@ def quick_noise_ratio(Qf, Kf, Vf, mask, causal, root, fmap, m, fitted, n_rows=8,
         return 0.0, False, 1.0
     seqs, rows = np.array(keep).T
     picks = np.array(picks)
-    share = (n_keys / np.array(counts, dtype=np.float64))[:, None]
-    K = Kf[seqs[:, None], picks].astype(np.float64) * root  # (rows, keys, d)
-    V = Vf[seqs[:, None], picks].astype(np.float64)
+    share = n_keys / np.array(counts, dtype=np.float64)
     U = Qf[seqs, rows].astype(np.float64) * root
     if fitted is not None or fmap.fitted:
+        K = Kf[seqs[:, None], picks].astype(np.float64) * root  # (rows, keys, d)
         params = fitted or fmap.fit(Moments.of(U), Moments.of(K.reshape(-1, d)))
     else:
         params = MapParams.identity(d)
-    U, K = U * params.psi, K / params.psi
     sm = fmap.second_moment(d, params.a)
-    b = np.einsum("rkd,rd->rk", K, U)
-    logp = b - b.max(axis=1, keepdims=True)
-    p = np.exp(logp)
-    total = p.sum(axis=1, keepdims=True)
-    p /= total
-    logp -= np.log(total)
-    y = np.einsum("rk,rkv->rv", p, V)
-    w = V - y[:, None, :]
-    w2 = np.einsum("rkv,rkv->rk", w, w)
-    spread = (p * w2).sum(axis=1)
-    uu, kk = np.einsum("rd,rd->r", U, U), np.einsum("rkd,rkd->rk", K, K)
-    z = np.maximum(uu[:, None] + 2.0 * sm.pair_sign * b + kk, 0.0)
-    single = np.zeros(len(rows))
-    relvar = np.zeros(len(rows))
+    sums = np.empty((len(rows), 3))
+    moment = np.array([sm.alpha, sm.gamma, float(sm.pair_sign), sm.log_const])
+    signs = np.array(sm.signs, dtype=np.float64)
+    psi = np.ascontiguousarray(np.broadcast_to(params.psi, (d,)), dtype=np.float64)
+    acc_kernels.noise_rows(
+        U * params.psi, Kf, Vf, seqs, picks, root, psi, share, moment, signs, sums
+    )
+    single, relvar, spread = sums.T
     with np.errstate(over="ignore", invalid="ignore"):
-        for sigma in sm.signs:
-            ell = logp + sm.alpha * z + sigma * sm.gamma * sm.pair_sign * b
-            grow = ell + 0.5 * sigma * sm.gamma * kk
-            shift = np.maximum(ell.max(axis=1), grow.max(axis=1))
-            e, g = np.exp(ell - shift[:, None]), np.exp(grow - shift[:, None])
-            s1 = np.einsum("rk,rkv->rv", e, w)
-            front = sm.log_const + sigma * sm.gamma * uu + 2.0 * shift
-            scale = np.where(front > 700.0, np.inf, np.exp(np.minimum(front, 700.0)))
-            scale /= len(sm.signs)
-            diag = share[:, 0] * ((g * g - e * e) * w2).sum(axis=1)
-            single += scale * (np.einsum("rv,rv->r", s1, s1) + diag)
-            relvar += scale * (e.sum(axis=1) ** 2 + share[:, 0] * (g * g - e * e).sum(axis=1))
         relvar = np.maximum(relvar - 1.0, 0.0)
         err = single / m
         spread_sum = float(spread.sum())
