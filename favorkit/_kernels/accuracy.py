@@ -494,12 +494,16 @@ def row_sums(
     sv = np.zeros((n_w * R, d_v + 1))
     for j0 in range(0, Lb, _KEY_CHUNK):
         j1 = min(j0 + _KEY_CHUNK, Lb)
-        W = np.zeros((n_w, R, j1 - j0))
+        W = np.empty((n_w, R, j1 - j0))
         for r in range(R):
-            if sums[r, COL_SEEN] == 0.0:
-                continue
-            _weight_rows(r, j0, min(limits[r], j1), b[r], uu[r], kk, keys_ok, sums[r],
-                         alpha, tau, lin0, lin1, S, coupled, W)  # fmt: skip
+            # Keys past the row's limit (and every key of a row that sees none) weigh 0.
+            stop = min(limits[r], j1) if sums[r, COL_SEEN] != 0.0 else j0
+            if stop > j0:
+                _weight_rows(r, j0, stop, b[r], uu[r], kk, keys_ok, sums[r], alpha, tau,
+                             lin0, lin1, S, coupled, W)  # fmt: skip
+            for w in range(n_w):
+                for j in range(max(stop, j0) - j0, j1 - j0):
+                    W[w, r, j] = 0.0
         sv += np.dot(W.reshape(n_w * R, j1 - j0), Vx[j0:j1])
     for r in range(R):
         if sums[r, COL_SEEN] == 0.0:
