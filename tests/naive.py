@@ -259,8 +259,8 @@ def log_causal_block(zq, zk, rt, v, state, c, kappa):
 #
 # ``sm`` is the map's favorkit.maps.SecondMoment, ``coupled`` a favorkit _Coupling (None for
 # iid projections). accuracy_row_sums and accuracy_row_pairs go row by row over each row's
-# visible keys; rows_error is the whole prediction per row as numpy formed it over
-# (rows x L) arrays before the kernels (the same importance samples from the same seeds).
+# visible keys; rows_error is the whole prediction per row formed with numpy over
+# (rows x L) arrays (the same importance samples from the same seeds).
 
 
 def key_rows(K, V, root, psi):
@@ -423,8 +423,8 @@ def _row_pairs(row, k, draws, Kk, V, sm, coupled):
 def noise_rows(U, K, V, share, sm):
     """The AccuracyWarning check's per-row sums (each row with its own sampled keys ``K``
     (R, n, d) and values ``V``): the predicted squared error at one projection, the
-    normalizer's ``1 + relVar`` and the spread ``Σ p |v - y|²``; numpy as the check was
-    before its kernel."""
+    normalizer's ``1 + relVar`` and the spread ``Σ p |v - y|²``, with numpy over
+    (rows x keys) arrays."""
     b = np.einsum("rkd,rd->rk", K, U)
     logp = b - b.max(axis=1, keepdims=True)
     p = np.exp(logp)

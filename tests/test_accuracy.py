@@ -318,12 +318,12 @@ def test_transformer_warns_on_raw_digits_only():
         prf.fit(Xs).transform(Xs)
 
 
-# --- the kernels against the numpy implementation they replaced -------------------------------
+# --- the kernels against the numpy implementation of the same prediction ----------------------
 
 
 def _reference_rows_error(sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits, rng, n_pairs):
     """``_rows_error``'s interface over tests/naive.py's ``rows_error``, the numpy
-    implementation the kernels replaced (same samples from the same seeds)."""
+    implementation of the same sums (same samples from the same seeds)."""
     from tests import naive
 
     visible = keys_ok[None, :] & (np.arange(len(keys_ok))[None, :] < limits[:, None])

@@ -5,9 +5,9 @@ the driver in :mod:`favorkit.attention._accuracy`) needs, for every sampled quer
 ``u`` and every key ``j`` of its sequence, a dozen quantities (the attention weights
 ``p_j``, the one-projection moments ``e_j``, ``g_j``, the coupling ``χ_jj``...) that are
 only ever summed over keys, and a few hundred importance-sampled key pairs per row.
-Formed with numpy as (rows x L) arrays they took a few dozen full passes through memory
-(~9 attention calls at L = 16 384); here they are formed one row at a time into buffers of
-length L that stay in cache, and summed there.
+Formed with numpy as (rows x L) arrays they take a few dozen full passes through memory;
+here they are formed one row at a time into buffers of length L that stay in cache, and
+summed there.
 
 :func:`row_sums` does a block of query rows of one sequence: the sums over keys that
 factorize (everything but the key pairs), the cumulative importance weights of each
@@ -715,7 +715,7 @@ def key_rows(K, V, root, psi, Kk, kk, Vx, vv):
     ``Kk = K root / psi`` and ``kk = |Kk|²`` per row, ``Vx = [V, 1]`` and ``vv = |V|²``
     per row, in float64 from ``K``, ``V`` of any float dtype (``root``: the square root of
     the logit scale; ``psi``: a fitted map's key scaling, ones otherwise). Four numpy
-    passes did this in ~6 ms at L = 16 384, d = 64.
+    passes take ~6 ms for this at L = 16 384, d = 64.
     """
     d = K.shape[1]
     d_v = V.shape[1]
@@ -780,7 +780,7 @@ def noise_rows(U, Kf, Vf, seqs, picks, root, psi, share, moment, signs, out):
         values ``Σ_j p_j |v_j - y|²``. The scales ``exp(log_const + σγ|u|² + 2 shift)``
         are inf above ``e^700``, as in the prediction.
 
-    Its few thousand numbers took ~40 numpy calls (~0.4 ms however small the arrays);
+    In numpy its few thousand numbers take ~40 calls (~0.4 ms however small the arrays);
     here the sampled keys and values are gathered, scaled and summed in one pass.
     """
     R, n = picks.shape
