@@ -36,8 +36,9 @@ The double sum over keys is split so that nothing of size L x L is formed: the p
 factorize over keys (all of ``ρ`` but ``e^{γ k̃_j·k̃_l} - 1``) are summed exactly, and the
 rest — key-key interactions, small unless keys are close — by importance sampling of key
 pairs with a fixed seed; its standard error (with that of the row sample) is part of the
-result. Cost: O(n_queries L (d + d_v)) in a few dozen array passes over n_queries x L; at
-L = 16 384, d = 64, m = 256 the default 64 rows cost a few attention calls.
+result. Cost: O(n_queries L (d + d_v)): float64 GEMMs over the sampled rows and every key,
+and Numba passes over each row's keys while they are in cache; at L = 16 384, d = 64,
+m = 256 the default 64 rows cost about two attention calls (the GEMMs alone about one).
 
 The expansion is first order: the ratio ``N/D`` normalizes itself, so where one-projection
 estimates are heavy-tailed a typical draw does better than the expectation and the

@@ -2,7 +2,7 @@
 
 Each function here computes the same thing as its kernel twin with plain numpy (or plain
 Python loops), written for clarity, not speed. Tests assert that the two agree in float32
-and float64. Sections: feature maps, exponential, FWHT, attention.
+and float64. Sections: feature maps, exponential, FWHT, attention, accuracy prediction.
 """
 
 import numpy as np
@@ -55,6 +55,17 @@ def gerf_rows_dense(x, c2, weights_t, terms):
 def exp_exact(x):
     """exp(x) in float64 (|relative error| < 1e-16), the reference for float32 exps."""
     return np.exp(np.asarray(x, dtype=np.float64))
+
+
+def exp_long(x):
+    """exp(x) in long double (64-bit significand on x86-64: |relative error| < 1e-19), the
+    reference for float64 exps."""
+    return np.exp(np.asarray(x, dtype=np.longdouble))
+
+
+def float64_ulp(y):
+    """The spacing of float64 numbers at |y| (the subnormal spacing 2^-1074 below 2^-1022)."""
+    return np.spacing(np.abs(np.asarray(y, dtype=np.float64)))
 
 
 def float32_ulp(y):
@@ -242,3 +253,373 @@ def log_causal_block(zq, zk, rt, v, state, c, kappa):
             num = np.exp(zq[t]) @ acc
             out[t] = num[:-1] / num[-1]
     return out, acc
+
+
+# --- accuracy prediction (favorkit/_kernels/accuracy.py, favorkit/attention/_accuracy.py) ---
+#
+# ``sm`` is the map's favorkit.maps.SecondMoment, ``coupled`` a favorkit _Coupling (None for
+# iid projections). accuracy_row_sums and accuracy_row_pairs go row by row over each row's
+# visible keys; rows_error is the whole prediction per row formed with numpy over
+# (rows x L) arrays (the same importance samples from the same seeds).
+
+
+def key_rows(K, V, root, psi):
+    """``K root / psi`` and its rows' squared norms; ``[V, 1]`` and ``V``'s rows' squared
+    norms; in float64."""
+    Kk = K.astype(np.float64) * root / psi
+    V = V.astype(np.float64)
+    return Kk, (Kk**2).sum(1), np.hstack([V, np.ones((len(V), 1))]), (V**2).sum(1)
+
+
+def accuracy_row_sums(U, Kk, V, keys_ok, limits, sm, coupled=None):
+    """Per query row ``u`` of ``U`` (over its keys ``j < limits[r]`` with ``keys_ok[j]``),
+    the sums of the error prediction and the importance weights of its key pairs.
+
+    Returns one entry per row: None if the row sees no key, else a dict with ``top``
+    (max of the logits ``b = k̃·u``), ``total`` (Σ exp(b - top)), ``y`` (the attention
+    output), ``y2``, per sign lists ``shift``, ``bound`` (the maxima the exponentials are
+    taken against, without ℓ's row constants -top - log total), ``s1sq``, ``diag``,
+    ``sum_e``, ``ggee``; coupled: ``zbar``, ``curv``, ``cross``; ``weights`` (one array
+    over the keys ``j < limits[r]`` per sampling set: each sign's, then the coupled one,
+    0 for hidden keys; ``factor``: the weights over ``|v_j - y|``, on the visible keys) and
+    the visible keys' ``e``, ``g`` (per sign), ``p``, ``z``, ``c``, ``h`` for the pair
+    values.
+    """
+    tau, gamma, alpha = sm.pair_sign, sm.gamma, sm.alpha
+    out = []
+    for r in range(U.shape[0]):
+        n = limits[r]
+        vis = np.flatnonzero(keys_ok[:n])
+        if not vis.size:
+            out.append(None)
+            continue
+        u, K, Vv = U[r], Kk[vis], V[vis]
+        b = K @ u
+        top = b.max()
+        P = np.exp(b - top)
+        p = P / P.sum()
+        y = p @ Vv
+        w = Vv - y  # v_j - y
+        w2 = (w * w).sum(1)
+        uu, kk = u @ u, (K * K).sum(1)
+        z = np.maximum(uu + 2 * tau * b + kk, 0.0)  # |u + τ k̃|²
+        row = {"top": top, "total": P.sum(), "y": y, "y2": y @ y, "weights": [], "e": [], "g": []}
+        row["factor"] = []
+        for key in ("shift", "bound", "s1sq", "diag", "sum_e", "ggee"):
+            row[key] = []
+        for sigma in sm.signs:
+            # log p + α z + σγτ b, less log p's row constants
+            ell = b + alpha * z + sigma * gamma * tau * b
+            grow = ell + 0.5 * sigma * gamma * kk  # g's exponent
+            bound = ell + 0.5 * gamma * kk  # bounds |e^{σγ k̃_j·k̃_l} - 1| for the sampling
+            shift = max(ell.max(), grow.max())
+            e, g = np.exp(ell - shift), np.exp(grow - shift)
+            s1 = e @ w
+            row["shift"].append(shift)
+            row["bound"].append(bound.max())
+            row["s1sq"].append(s1 @ s1)
+            row["diag"].append(((g * g - e * e) * w2).sum())
+            row["sum_e"].append(e.sum())
+            row["ggee"].append((g * g - e * e).sum())
+            row["factor"].append(np.exp(bound - bound.max()))
+            row["weights"].append(row["factor"][-1] * np.sqrt(w2))
+            row["e"].append(e)
+            row["g"].append(g)
+        row.update(p=p, z=z)
+        if coupled is not None:
+            d = len(u)
+            zbar = p @ z
+            curv = float(coupled.curvature(zbar)) / max(d - 1, 1)
+            c = 0.5 * uu + tau * b
+            s_c, s_z = (p * c) @ w, (p * z) @ w
+            chi = coupled.diag(z)
+            cv = curv * (4 * d * c**2 - z**2)
+            row.update(zbar=zbar, curv=curv, cross=curv * (2 * d * (s_c @ s_c) - s_z @ s_z))
+            row.update(c=c, h=chi - cv)
+            row["factor"].append(p * np.sqrt(1 + np.abs(chi) + np.abs(cv)))
+            row["weights"].append(row["factor"][-1] * np.sqrt(w2))
+        for k, weights in enumerate(row["weights"]):  # over all keys j < n, hidden ones 0
+            full = np.zeros(n)
+            full[vis] = weights
+            row["weights"][k] = full
+        row["keys"] = vis
+        out.append(row)
+    return out
+
+
+def accuracy_row_pairs(row, k, draws, Kk, V, sm, coupled=None):
+    """One row's key-pair sum of sampling set ``k`` by importance sampling (a row of
+    :func:`accuracy_row_sums`): the estimate and its sampling variance, and bounds on how
+    much the round-off of the sampling weights may change them.
+
+    ``draws`` (2, n_pairs) uniform in [0, 1) pick ``j`` and ``l`` by inverting the
+    normalized running sums of the set's weights; a pair contributes ``value / (w_j w_l)``
+    (0 if ``j = l`` or a weight is 0), with ``value = e_j e_l (v_j - y)·(v_l - y)
+    (e^{σγ k̃_j·k̃_l} - 1)`` (set of sign σ) or ``p_j p_l (v_j - y)·(v_l - y) (χ_jl -
+    curv (d (c_j + c_l)² - z_j z_l) - (h_j + h_l)/2)`` (coupled set).
+    """
+    with np.errstate(over="ignore", invalid="ignore"):  # hostile scales: inf, NaN
+        return _row_pairs(row, k, draws, Kk, V, sm, coupled)
+
+
+def _row_pairs(row, k, draws, Kk, V, sm, coupled):
+    weights = row["weights"][k]
+    cdf = np.cumsum(weights)
+    picks = np.minimum(np.searchsorted(cdf / cdf[-1], draws), len(weights) - 1)
+    where = {key: i for i, key in enumerate(row["keys"])}  # key -> index among visible
+    # Round-off the result may carry, to first order (``slack``): the kernel, as the
+    # reference, forms |v_j - y|² as |v_j|² - 2 y·v_j + |y|², with an error of
+    # (4 + d_v) eps (|v_j|² + |y|²), and y with one of ~eps |v| (dy): relative errors of
+    # the weight |v_j - y| (and of v_j - y) of rel_j, large where v_j ~ y. The pair terms
+    # themselves: ~eps of their exponents (e, e^{σγ k̃_j·k̃_l}, the coupling at z) where
+    # these are large, and the coupled set's terms cancel to its r (term / |r|).
+    eps = np.finfo(float).eps
+    vv = (V * V).sum(1)
+    w2 = ((V - row["y"]) ** 2).sum(1)
+    error = (4 + V.shape[1]) * eps * (vv + row["y2"])
+    dy = 32 * eps * np.sqrt(vv.max())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(w2 > 0, error / (2 * w2) + 2 * dy / np.sqrt(w2), 1.0)
+    rel = np.minimum(rel, 1.0)
+    vals, slack = [], []
+    for j, l in zip(*picks, strict=True):
+        if j == l or not (weights[j] > 0 and weights[l] > 0):
+            vals.append(0.0)
+            slack.append(0.0)
+            continue
+        a, c = where[j], where[l]
+        centered = (V[j] - row["y"]) @ (V[l] - row["y"])
+        key_dot = Kk[j] @ Kk[l]
+        if k < len(sm.signs):
+            e = row["e"][k]
+            exponent = sm.signs[k] * sm.gamma * key_dot
+            value = e[a] * e[c] * centered * np.expm1(exponent)
+            terms = 0.0
+            exponents = abs(exponent) + np.abs(np.log(e[[a, c]])).sum()
+        else:
+            d = Kk.shape[1]
+            p, z, cc, h = row["p"], row["z"], row["c"], row["h"]
+            pair = coupled.pair(z[a], z[c], cc[a] + cc[c] + key_dot)
+            second = row["curv"] * (d * (cc[a] + cc[c]) ** 2 - z[a] * z[c])
+            value = p[a] * p[c] * centered * (pair - second - 0.5 * (h[a] + h[c]))
+            terms = abs(p[a] * p[c] * centered) * (abs(pair) + abs(second) + abs(h[a] + h[c]))
+            terms *= 1 + z[a] + z[c]
+            exponents = 0.0
+        vals.append(float(value) / (weights[j] * weights[l]))
+        rounding = abs(vals[-1]) * (rel[j] + rel[l] + 64 * eps * (1 + exponents))
+        slack.append(rounding + 64 * eps * float(terms) / (weights[j] * weights[l]))
+    vals, slack = np.array(vals), np.array(slack)
+    total, n = weights.sum(), len(vals)
+    est, var = total**2 * vals.mean(), total**4 * vals.var(ddof=1) / n
+    # What that round-off may change them by, to first order: in the values, and in the
+    # total weight (squared in the estimate, to the 4th power in its variance).
+    rel_total = (weights * rel[: len(weights)]).sum() / total
+    spread = 2 * np.mean(np.abs(vals - vals.mean()) * slack) + np.mean(slack**2)
+    est_slack = total**2 * slack.mean() + 2 * rel_total * abs(est)
+    var_slack = total**4 * spread * n / (n - 1) / n + 4 * rel_total * var
+    return est, var, est_slack, var_slack
+
+
+def noise_rows(U, K, V, share, sm):
+    """The AccuracyWarning check's per-row sums (each row with its own sampled keys ``K``
+    (R, n, d) and values ``V``): the predicted squared error at one projection, the
+    normalizer's ``1 + relVar`` and the spread ``Σ p |v - y|²``, with numpy over
+    (rows x keys) arrays."""
+    b = np.einsum("rkd,rd->rk", K, U)
+    logp = b - b.max(axis=1, keepdims=True)
+    p = np.exp(logp)
+    total = p.sum(axis=1, keepdims=True)
+    p /= total
+    logp -= np.log(total)
+    y = np.einsum("rk,rkv->rv", p, V)
+    w = V - y[:, None, :]
+    w2 = np.einsum("rkv,rkv->rk", w, w)
+    spread = (p * w2).sum(axis=1)
+    uu, kk = np.einsum("rd,rd->r", U, U), np.einsum("rkd,rkd->rk", K, K)
+    z = np.maximum(uu[:, None] + 2.0 * sm.pair_sign * b + kk, 0.0)
+    single = np.zeros(len(U))
+    norm = np.zeros(len(U))
+    with np.errstate(over="ignore", invalid="ignore"):
+        for sigma in sm.signs:
+            ell = logp + sm.alpha * z + sigma * sm.gamma * sm.pair_sign * b
+            grow = ell + 0.5 * sigma * sm.gamma * kk
+            shift = np.maximum(ell.max(axis=1), grow.max(axis=1))
+            e, g = np.exp(ell - shift[:, None]), np.exp(grow - shift[:, None])
+            s1 = np.einsum("rk,rkv->rv", e, w)
+            front = sm.log_const + sigma * sm.gamma * uu + 2.0 * shift
+            scale = np.where(front > 700.0, np.inf, np.exp(np.minimum(front, 700.0)))
+            scale /= len(sm.signs)
+            diag = share * ((g * g - e * e) * w2).sum(axis=1)
+            single += scale * (np.einsum("rv,rv->r", s1, s1) + diag)
+            norm += scale * (e.sum(axis=1) ** 2 + share * (g * g - e * e).sum(axis=1))
+    return single, norm, spread
+
+
+def rows_error(sm, coupled, d, U, Kk, V, visible, rng, n_pairs):
+    """Per-row sums for a block of query rows of one sequence (module docstring).
+
+    Returns (single, single_se², coupled_sum, coupled_se², normalizer relVar, |y|²).
+    """
+    tau = sm.pair_sign
+    hidden = None if visible.all() else ~visible
+    b = U @ Kk.T  # the logits u·k̃_j
+    logp = b.copy()
+    if hidden is not None:
+        logp[hidden] = -np.inf
+        b[hidden] = 0.0
+    top = logp.max(axis=1, keepdims=True)
+    logp -= top
+    p = np.exp(logp)
+    total = p.sum(axis=1, keepdims=True)
+    p /= total
+    logp -= np.log(total)
+    y = p @ V
+    y2 = np.einsum("ij,ij->i", y, y)
+    vv = np.einsum("ij,ij->i", V, V)
+    w2 = vv[None, :] - 2.0 * (y @ V.T)
+    w2 += y2[:, None]
+    np.maximum(w2, 0.0, out=w2)
+    if hidden is not None:
+        w2[hidden] = 0.0
+    uu = np.einsum("ij,ij->i", U, U)
+    kk = np.einsum("ij,ij->i", Kk, Kk)
+    z = (2.0 * tau) * b
+    z += uu[:, None]
+    z += kk[None, :]
+    np.maximum(z, 0.0, out=z)
+    n_rows = U.shape[0]
+
+    single = np.zeros(n_rows)
+    single_var = np.zeros(n_rows)
+    norm_terms = []
+    for sigma in sm.signs:
+        ell = logp + sm.alpha * z + sigma * sm.gamma * tau * b  # -inf where hidden
+        grow = ell + 0.5 * sigma * sm.gamma * kk[None, :]
+        shift = np.maximum(ell.max(axis=1), grow.max(axis=1))[:, None]
+        e = np.exp(ell - shift)
+        g = np.exp(grow - shift)
+        s1 = e @ V - y * e.sum(axis=1, keepdims=True)
+        diag = ((g * g - e * e) * w2).sum(axis=1)
+        # |e^{σγ k̃_j·k̃_l} - 1| <= e^{γ(|k̃_j|² + |k̃_l|²)/2} for either sign: sampling with
+        # these weights keeps every sampled ratio below 1 in size.
+        bound = ell + 0.5 * sm.gamma * kk[None, :]
+        bound = np.exp(bound - bound.max(axis=1, keepdims=True))
+
+        def interaction(rows, j, l, e=e, sigma=sigma):
+            key_dot = np.einsum("ij,ij->i", Kk[j], Kk[l])
+            return (
+                e[rows, j] * e[rows, l] * dot_centered(V, y, rows, j, l)
+                * np.expm1(sigma * sm.gamma * key_dot)
+            )  # fmt: skip
+
+        inter, inter_var = sampled_pairs_reference(
+            weights=bound * np.sqrt(w2), value=interaction, rng=rng, n_pairs=n_pairs
+        )
+        log_front = sm.log_const + sigma * sm.gamma * uu + 2.0 * shift[:, 0]
+        scale = np.exp(np.minimum(log_front, 700.0)) / len(sm.signs)
+        scale[log_front > 700.0] = np.inf
+        bracket = np.einsum("ij,ij->i", s1, s1) + diag + inter
+        with np.errstate(invalid="ignore", over="ignore"):
+            single += scale * bracket
+            single_var += (scale**2) * inter_var
+            # The normalizer's one-projection relVar (its key interactions left out).
+            norm_terms.append(scale * (e.sum(axis=1) ** 2 + (g * g - e * e).sum(axis=1)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        norm_relvar = np.maximum(sum(norm_terms) - 1.0, 0.0)
+    # No clipping per row: a row's sampled interactions may be negative; only the total
+    # is (clipping each row would bias the sum upwards).
+    single = np.where(np.isnan(single), np.inf, single)
+
+    cross = np.zeros(n_rows)
+    cross_var = np.zeros(n_rows)
+    if coupled is not None:
+        cross, cross_var = coupled_sum(
+            coupled, d, p, V, y, w2, z, b, uu, Kk, tau, visible, rng, n_pairs
+        )
+    return single, single_var, cross, cross_var, norm_relvar, y2
+
+
+def weighted_centered(weights, V, y):
+    """``Σ_j weights_j (v_j - y)`` per row."""
+    return weights @ V - y * weights.sum(axis=1, keepdims=True)
+
+
+def coupled_sum(coupled, d, p, V, y, w2, z, b, uu, Kk, tau, visible, rng, n_pairs):
+    """``Σ_{j,l} p_j p_l (v_j - y)·(v_l - y) χ_jl`` per row, with its sampling variance.
+
+    With ``a_j·a_l = c_j + c_l + k̃_j·k̃_l`` (``c_j = |u|²/2 ± u·k̃_j``), the pair form of
+    ``χ`` (:class:`_Coupling`) is, to second order, ``K (d (a_j·a_l)² - z_j z_l)/(d-1)``.
+    Its part without the key-key products, ``cv_jl = K (d (c_j + c_l)² - z_j z_l)/(d-1)``
+    with ``K`` taken at the row's mean ``z``, factorizes over keys and is summed exactly, as
+    is every part of the form ``h_j + h_l``; only the rest, which is small unless keys are
+    close, is sampled. (Sampled whole, the sum of this many near-cancelling terms is noise.)
+    """
+    chi_diag = np.where(visible, coupled.diag(z), 0.0)
+    cvec = np.where(visible, 0.5 * uu[:, None] + tau * b, 0.0)
+    zbar = (p * z).sum(axis=1)
+    curv = coupled.curvature(zbar)[:, None] / max(d - 1, 1)
+    cv_diag = curv * (4.0 * d * cvec**2 - z * z)
+    h = chi_diag - cv_diag
+    s_1 = weighted_centered(p, V, y)
+    s_c = weighted_centered(p * cvec, V, y)
+    s_cc = weighted_centered(p * cvec**2, V, y)
+    s_z = weighted_centered(p * z, V, y)
+    s_h = weighted_centered(p * h, V, y)
+    dot = lambda A, B: np.einsum("ij,ij->i", A, B)  # noqa: E731
+    full_cv = curv[:, 0] * (d * (2.0 * dot(s_c, s_c) + 2.0 * dot(s_cc, s_1)) - dot(s_z, s_z))
+    # All pairs, j = l included: Σ_{j,l} = full_cv + Σ_{j≠l} (h_j + h_l)/2 + Σ_j |X_j|² h_j
+    # + sampled, and Σ_{j≠l} (h_j + h_l)/2 X_j·X_l = s_h·s_1 - Σ_j |X_j|² h_j.
+    exact = full_cv + dot(s_h, s_1)
+
+    def rest(rows, j, l):
+        za, zb = z[rows, j], z[rows, l]
+        s = cvec[rows, j] + cvec[rows, l] + np.einsum("ij,ij->i", Kk[j], Kk[l])
+        cv = curv[rows, 0] * (d * (cvec[rows, j] + cvec[rows, l]) ** 2 - za * zb)
+        r = coupled.pair(za, zb, s) - cv - 0.5 * (h[rows, j] + h[rows, l])
+        return p[rows, j] * p[rows, l] * dot_centered(V, y, rows, j, l) * r
+
+    sampled, var = sampled_pairs_reference(
+        weights=p * np.sqrt(w2) * np.sqrt(1.0 + np.abs(chi_diag) + np.abs(cv_diag)),
+        value=rest,
+        rng=rng,
+        n_pairs=n_pairs,
+    )
+    return exact + sampled, var
+
+
+def dot_centered(V, y, rows, j, l):
+    return np.einsum("ij,ij->i", V[j] - y[rows], V[l] - y[rows])
+
+
+def sampled_pairs_reference(weights, value, rng, n_pairs):
+    """``Σ_{j≠l} value(j, l)`` per row by importance sampling of pairs from
+    ``weights ⊗ weights``: the estimate and its variance, per row."""
+    n_rows = weights.shape[0]
+    total = weights.sum(axis=1)
+    est = np.zeros(n_rows)
+    var = np.zeros(n_rows)
+    live = np.flatnonzero(total > 0)
+    if not live.size:
+        return est, var
+    cdf = np.cumsum(weights[live], axis=1)
+    cdf /= cdf[:, -1:]
+    draws = rng.random((live.size, 2, n_pairs))
+    j = np.empty((live.size, n_pairs), dtype=np.int64)
+    l = np.empty((live.size, n_pairs), dtype=np.int64)
+    last = weights.shape[1] - 1
+    for r in range(live.size):
+        j[r] = np.minimum(np.searchsorted(cdf[r], draws[r, 0]), last)
+        l[r] = np.minimum(np.searchsorted(cdf[r], draws[r, 1]), last)
+    rows = np.repeat(live, n_pairs)
+    jf, lf = j.ravel(), l.ravel()
+    wj, wl = weights[rows, jf], weights[rows, lf]
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        vals = np.where(
+            (jf != lf) & (wj > 0) & (wl > 0),
+            value(rows, jf, lf) / (wj * wl),
+            0.0,
+        ).reshape(live.size, n_pairs)
+    scale = total[live] ** 2
+    est[live] = scale * vals.mean(axis=1)
+    var[live] = scale**2 * vals.var(axis=1, ddof=1) / n_pairs
+    return est, var

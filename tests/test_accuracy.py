@@ -316,3 +316,128 @@ def test_transformer_warns_on_raw_digits_only():
     with warnings.catch_warnings():
         warnings.simplefilter("error", AccuracyWarning)
         prf.fit(Xs).transform(Xs)
+
+
+# --- the kernels against the numpy implementation of the same prediction ----------------------
+
+
+def _reference_rows_error(sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits, rng, n_pairs):
+    """``_rows_error``'s interface over tests/naive.py's ``rows_error``, the numpy
+    implementation of the same sums (same samples from the same seeds)."""
+    from tests import naive
+
+    visible = keys_ok[None, :] & (np.arange(len(keys_ok))[None, :] < limits[:, None])
+    d = U.shape[1]
+    with np.errstate(all="ignore"):
+        out = naive.rows_error(sm, coupled, d, U, Kk, Vx[:, :-1], visible, rng, n_pairs)
+    seen = visible.any(axis=1)
+    return (*(np.where(seen, a, 0.0) for a in out), seen)
+
+
+@pytest.mark.parametrize("name", ESTIMATORS)
+@pytest.mark.parametrize("coupling", ["iid", "orthogonal", "simplex"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_rows_error_matches_the_numpy_reference(name, coupling, causal):
+    """Per-row sums and their sampling variances: to 1e-10, from the same draws (and the
+    generator left in the same state)."""
+    from favorkit.attention import _accuracy as acc_mod
+    from favorkit.theory._gerf import coupling_cosine
+
+    if name == "trig" and coupling != "iid":
+        pytest.skip("the trigonometric estimator is predicted for iid projections only")
+    rng = np.random.default_rng(5)
+    L, d, d_v, R = 300, 8, 6, 40
+    fmap = maps.get(name)
+    sm = fmap.second_moment(d, -0.05 if fmap.fitted else 0.0)
+    U = rng.normal(scale=0.5, size=(R, d)) / d**0.25
+    Kk = rng.normal(scale=0.5, size=(L, d)) / d**0.25
+    V = rng.normal(size=(L, d_v))
+    keys_ok = rng.random(L) > 0.2
+    rows = np.sort(rng.choice(L, R, replace=False))
+    limits = (np.minimum(rows + 1, L) if causal else np.full(R, L)).astype(np.int64)
+    Vx, vv, kk = np.hstack([V, np.ones((L, 1))]), (V * V).sum(1), (Kk * Kk).sum(1)
+    c = coupling_cosine(coupling, d)
+    coupled = None
+    if c is not None:
+        z_max = float((np.sqrt((U**2).sum(1).max()) + np.sqrt(kk.max())) ** 2)
+        coupled = acc_mod._Coupling(c, d, sm.pair_sign < 0, z_max, sm.signs)
+    args = (sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits)
+    new_rng, old_rng = np.random.default_rng(9), np.random.default_rng(9)
+    new = acc_mod._rows_error(*args, new_rng, 256)
+    old = _reference_rows_error(*args, old_rng, 256)
+    assert new_rng.random() == old_rng.random()
+    np.testing.assert_array_equal(new[-1], old[-1])
+    for got, expected in zip(new[:-1], old[:-1], strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=0)
+
+
+def test_rows_error_draws_again_for_rows_without_pairs():
+    """A row that sees a key but has no sampling weight (one visible key, so |v - y| = 0)
+    takes no draws: the kernel's first guess of who is sampled fails, and it draws again
+    as the reference does."""
+    from favorkit._kernels import accuracy as acc_kernels
+    from favorkit.attention import _accuracy as acc_mod
+
+    rng = np.random.default_rng(6)
+    L, d, d_v = 200, 8, 4
+    sm = maps.get("positive").second_moment(d)
+    U = rng.normal(scale=0.5, size=(20, d)) / d**0.25
+    Kk = rng.normal(scale=0.5, size=(L, d)) / d**0.25
+    V = rng.integers(-3, 4, size=(L, d_v)).astype(np.float64)  # exact |v|², v·v
+    keys_ok = np.ones(L, bool)
+    limits = np.concatenate([[1], rng.integers(2, L, 19)]).astype(np.int64)  # row 0: one key
+    Vx, vv, kk = np.hstack([V, np.ones((L, 1))]), (V * V).sum(1), (Kk * Kk).sum(1)
+    coupled = acc_mod._Coupling(0.0, d, False, 50.0, sm.signs)
+    args = (sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits)
+    calls = []
+    sampled_pairs = acc_kernels.sampled_pairs
+
+    def spy(*a):
+        calls.append(1)
+        return sampled_pairs(*a)
+
+    new_rng, old_rng = np.random.default_rng(9), np.random.default_rng(9)
+    try:
+        acc_kernels.sampled_pairs = spy
+        new = acc_mod._rows_error(*args, new_rng, 64)
+    finally:
+        acc_kernels.sampled_pairs = sampled_pairs
+    old = _reference_rows_error(*args, old_rng, 64)
+    assert calls  # the second path ran
+    assert new[-1][0] and new[0][0] == 0  # row 0 sees its key: FAVOR is exact there
+    assert new_rng.random() == old_rng.random()
+    for got, expected in zip(new[:-1], old[:-1], strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("estimator", "projection", "causal", "n_seq"),
+    [
+        ("positive", "orthogonal", False, None),
+        ("hyperbolic", "simplex", True, 3),
+        ("optimal", "orthogonal", True, None),
+        ("saderf", "iid", False, 2),
+        ("trig", "iid", True, 2),
+    ],
+)
+def test_prediction_matches_the_numpy_reference(estimator, projection, causal, n_seq):
+    """predict_attention_error with the kernels and with the numpy reference: the same
+    numbers to 1e-10 (several sequences, masks, more rows than one chunk)."""
+    from favorkit.attention import _accuracy as acc_mod
+
+    Q, K, V = _data(400, 16, 0.5, seed=4, n_seq=n_seq)
+    mask = None
+    if n_seq:
+        mask = np.zeros((n_seq, 400), bool)
+        mask[0, 350:] = True
+    kw = dict(estimator=estimator, projection=projection, causal=causal, n_queries=150)
+    new = predict_attention_error(Q, K, V, 128, key_padding_mask=mask, **kw)
+    rows_error = acc_mod._rows_error
+    try:
+        acc_mod._rows_error = _reference_rows_error
+        old = predict_attention_error(Q, K, V, 128, key_padding_mask=mask, **kw)
+    finally:
+        acc_mod._rows_error = rows_error
+    for field in ("relative_error", "mse", "standard_error", "_single", "_coupled"):
+        np.testing.assert_allclose(getattr(new, field), getattr(old, field), rtol=1e-10)
+    assert (new.heavy_tailed, new.n_queries) == (old.heavy_tailed, old.n_queries)

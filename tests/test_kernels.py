@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
+from favorkit import maps
+from favorkit._kernels import accuracy as acc
 from favorkit._kernels import feature_maps as fm
-from favorkit._kernels.fastexp import exp_inplace, exp_inplace_float32
+from favorkit._kernels.fastexp import exp64_inplace, exp_inplace, exp_inplace_float32
 from favorkit._kernels.fwht import fwht_rows_inplace
 from tests import naive
 
@@ -162,3 +164,264 @@ def test_exp_inplace_dispatch(dtype, contiguous):
         assert_allclose(a, naive.exp_exact(x), rtol=2 * np.finfo(np.float32).eps)
     else:
         assert_array_equal(a, np.exp(x))
+
+
+# --- float64 exponential (inside kernels) ---------------------------------------------------
+
+
+def _exp64(x):
+    y = np.array(x, dtype=np.float64)
+    exp64_inplace(y)
+    return y
+
+
+def _ulp_error64(x):
+    exact = naive.exp_long(x)
+    return np.abs(_exp64(x) - exact) / naive.float64_ulp(exact.astype(np.float64))
+
+
+def test_exp64_is_within_1_5_ulp_over_the_normal_range():
+    # Every float64 in [-8, 8) spaced 2^-12 apart plus 2 million uniform draws over the
+    # whole normal range. Truncation (4e-18 relative) and ~16 roundings bound the error by
+    # a little over 1 ulp; measured 0.86 ulp with FMA, 1.19 without.
+    grid = np.arange(-8, 8, 2.0**-12)
+    draws = np.random.default_rng(0).uniform(-708.3, 709.78, 2_000_000)
+    for x in (grid, draws):
+        assert _ulp_error64(x).max() <= 1.5
+
+
+def test_exp64_subnormal_results_round_once():
+    # exp(x) for x in [-745.1, -708.5] is subnormal: 2^n is applied as two normal factors,
+    # so the result is rounded once, to within one subnormal spacing (2^-1074).
+    x = np.linspace(-745.1, -708.5, 100_001)
+    assert _ulp_error64(x).max() <= 1.0
+    assert np.all(_exp64(x) > 0)
+
+
+def test_exp64_edge_values_match_numpy():
+    x = np.array(
+        [0, -0.0, 1, -1, 709.782712893383, 709.7828, 710, 1e300, np.inf, -708.39, -745.1,
+         -745.2, -746, -1e300, -np.inf, np.nan]
+    )  # fmt: skip
+    with np.errstate(over="ignore", under="ignore"):
+        expected = np.exp(x)
+    got = _exp64(x)
+    # Same zeros, infs, NaN and ones; finite values to within 1.5 ulp.
+    assert_array_equal(np.isinf(got), np.isinf(expected))
+    assert_array_equal(np.isnan(got), np.isnan(expected))
+    assert_array_equal(got == 0, expected == 0)
+    assert got[0] == got[1] == 1.0
+    finite = np.isfinite(expected) & (expected > 0)
+    assert _ulp_error64(x[finite]).max() <= 1.5
+    assert np.isfinite(got[4]) and got[4] > 1.79e308  # the largest finite exp
+
+
+# --- accuracy prediction --------------------------------------------------------------------
+
+ROW_CASES = [
+    (name, coupling, kind)
+    for name in ("positive", "hyperbolic", "optimal", "trig")
+    for coupling in ("iid", "orthogonal")
+    for kind in ("moderate", "large", "overflow")
+    if not (name == "trig" and coupling != "iid")  # predicted for iid projections only
+]
+
+
+def _accuracy_case(name, coupling, kind, seed=0, d=8, d_v=5, L=257, R=12):
+    """Query rows, keys, values and visibility for the accuracy kernels.
+
+    ``moderate``: |u|, |k̃| ~ 0.5 N(0, 1). ``large``: logits near -τ 900 (exps overflow or
+    underflow without their shifts) with |u + τ k̃|² small, so the sums stay finite.
+    ``overflow``: logits near +τ 900, |u + τ k̃|² in the thousands: the moments overflow
+    relative to the row's scale (the prediction is inf there) but every kernel sum is
+    taken relative to its maximum and stays finite. Keys: 30 % padded; rows see all keys,
+    a causal prefix, one key (rows 1, 2) or none (row 0).
+    """
+    from favorkit.attention._accuracy import _Coupling
+    from favorkit.theory._gerf import coupling_cosine
+
+    rng = np.random.default_rng(seed)
+    fmap = maps.get(name)
+    sm = fmap.second_moment(d, -0.05 if fmap.fitted else 0.0)
+    tau = sm.pair_sign
+    if kind == "moderate":
+        U, Kk = rng.normal(scale=0.5, size=(2, R, d)) / d**0.25
+        Kk = rng.normal(scale=0.5, size=(L, d)) / d**0.25
+    else:
+        k0 = rng.normal(size=d)
+        k0 *= 30.0 / np.linalg.norm(k0)
+        Kk = k0 + rng.normal(scale=0.3, size=(L, d))
+        U = (-tau if kind == "large" else tau) * k0 + rng.normal(scale=0.3, size=(R, d))
+    V = rng.normal(size=(L, d_v))
+    keys_ok = rng.random(L) > 0.3
+    keys_ok[:3] = [False, True, False]
+    limits = rng.integers(1, L + 1, size=R)
+    limits[:3] = [1, 2, 3]
+    limits[3] = L
+    c = coupling_cosine(coupling, d)
+    coupled = None
+    if c is not None:
+        kk = (Kk**2).sum(1)
+        z_max = float((np.sqrt((U**2).sum(1).max()) + np.sqrt(kk.max())) ** 2)
+        coupled = _Coupling(c, d, tau < 0, z_max, sm.signs)
+    return U, Kk, V, keys_ok, limits.astype(np.int64), sm, coupled
+
+
+def _kernel_args(U, Kk, V, keys_ok, limits, sm, coupled):
+    """``row_sums``' inputs (through ``key_rows``) and its outputs, allocated."""
+    R, d = U.shape
+    L, d_v = V.shape
+    Kk2, kk, Vx, vv = (np.empty((L, d)), np.empty(L), np.empty((L, d_v + 1)), np.empty(L))
+    acc.key_rows(Kk, V, 1.0, np.ones(d), Kk2, kk, Vx, vv)
+    signs = np.array(sm.signs, dtype=np.float64)
+    moment = np.array([sm.alpha, sm.gamma, float(sm.pair_sign)])
+    if coupled is None:
+        coupling, tables = np.zeros(4), np.zeros((2, 2, 2))
+    else:
+        coupling = np.array([1.0, d, coupled.step, coupled.linear])
+        tables = coupled.kernel_tables()
+    n_sets = signs.size + (coupled is not None)
+    inputs = (U, Kk2, Vx, vv, kk, (U * U).sum(1), keys_ok, limits, moment, signs, coupling,
+              tables)  # fmt: skip
+    outputs = dict(
+        y=np.empty((R, d_v + 1)),
+        sums=np.empty((R, acc.N_COLS)),
+        est=np.empty((R, n_sets)),
+        var=np.empty((R, n_sets)),
+        b=np.empty((R, L)),
+        yv=np.empty((R, L)),
+        cdf=np.empty((R, n_sets, L)),
+    )
+    return inputs, outputs, n_sets
+
+
+@pytest.mark.parametrize(("name", "coupling", "kind"), ROW_CASES)
+def test_accuracy_row_sums(name, coupling, kind):
+    U, Kk, V, keys_ok, limits, sm, coupled = case = _accuracy_case(name, coupling, kind)
+    inputs, out, n_sets = _kernel_args(*case)
+    no_draws = np.empty((0, n_sets, 2, 8))
+    acc.row_sums(*inputs, no_draws, *out.values())
+    rows = naive.accuracy_row_sums(U, Kk, V, keys_ok, limits, sm, coupled)
+    sums, S = out["sums"], len(sm.signs)
+    assert np.all(np.isfinite(sums))
+    assert [row is None for row in rows] == list(sums[:, acc.COL_SEEN] == 0)
+    assert rows[0] is None and rows[1] is not None and rows[2] is not None
+    close = dict(rtol=1e-11, atol=0)
+    for r, row in enumerate(rows):
+        if row is None:
+            assert np.all(sums[r] == 0) and np.all(out["est"][r] == 0)
+            continue
+        col = sums[r]
+        assert_allclose(col[acc.COL_TOP], row["top"], **close)
+        assert_allclose(col[acc.COL_TOTAL], row["total"], **close)
+        assert_allclose(out["y"][r, :-1], row["y"], rtol=1e-11, atol=1e-13)
+        assert out["y"][r, -1] == 0
+        assert_allclose(col[acc.COL_Y2], row["y2"], **close)
+        for s in range(S):
+            base = acc.COL_SIGN + s * acc.SIGN_COLS
+            for key, offset in (("shift", acc.SIGN_SHIFT), ("bound", acc.SIGN_BOUND),
+                                ("sum_e", acc.SIGN_SUM_E)):  # fmt: skip
+                assert_allclose(col[base + offset], row[key][s], **close)
+            # Sums whose terms cancel, to the round-off of their terms: the kernel forms
+            # |v_j - y|² as |v_j|² - 2 y·v_j + |y|² (as the reference did), whose error is
+            # eps |v_j|² whatever the difference; Σ e_j (v_j - y) as Σ e_j v_j - y Σ e_j.
+            e, g, vmax = row["e"][s], row["g"][s], (V**2).sum(1).max() + row["y2"]
+            ee, gg = e @ e, g @ g
+            s1_scale = (e.sum() * np.sqrt(vmax)) ** 2
+            assert_allclose(col[base + acc.SIGN_S1SQ], row["s1sq"][s], rtol=1e-9,
+                            atol=1e-13 * s1_scale)  # fmt: skip
+            assert_allclose(col[base + acc.SIGN_DIAG], row["diag"][s], rtol=1e-9,
+                            atol=1e-13 * (gg + ee) * vmax)  # fmt: skip
+            assert_allclose(col[base + acc.SIGN_GGEE], row["ggee"][s], rtol=1e-9,
+                            atol=1e-13 * (gg + ee))  # fmt: skip
+        if coupled is not None:
+            assert_allclose(col[acc.COL_ZBAR], row["zbar"], **close)
+            assert_allclose(col[acc.COL_CURV], row["curv"], rtol=1e-9)
+            scale = abs(row["curv"]) * Kk.shape[1] * (row["zbar"] + 1) ** 2 * (V**2).sum(1).max()
+            assert_allclose(col[acc.COL_CROSS], row["cross"], rtol=1e-9, atol=1e-12 * scale)
+        n = limits[r]
+        vmax = (V[:n] ** 2).sum(1).max() + row["y2"]
+        assert_allclose(out["b"][r, :n], Kk[:n] @ U[r], rtol=1e-12, atol=1e-12)
+        assert_allclose(out["yv"][r, :n], V[:n] @ out["y"][r, :-1], rtol=1e-12, atol=1e-12)
+        for k, weights in enumerate(row["weights"]):
+            running = np.cumsum(weights)
+            # The weights are factor_j |v_j - y|, and |v_j - y|² carries the error
+            # eps |v_j|² (above): |v_j - y| then up to sqrt(eps |v_j|²) where v_j ~ y.
+            atol = 1e-7 * np.sqrt(vmax) * row["factor"][k].sum()
+            assert_allclose(out["cdf"][r, k, :n], running, rtol=1e-11, atol=atol)
+            assert_allclose(col[acc.COL_WTOT + k], running[-1], rtol=1e-11, atol=atol)
+
+
+@pytest.mark.parametrize(("name", "coupling", "kind"), ROW_CASES)
+def test_accuracy_row_pairs(name, coupling, kind):
+    """The key-pair samples, in the same pass as the sums and from the stored running
+    weights, against the twin on the same draws."""
+    U, Kk, V, keys_ok, limits, sm, coupled = case = _accuracy_case(name, coupling, kind)
+    inputs, out, n_sets = _kernel_args(*case)
+    R, n_pairs = U.shape[0], 64
+    draws = np.random.default_rng(7).random((R, n_sets, 2, n_pairs))
+    none = (np.empty((R, 0)), np.empty((R, 0)), np.empty((R, n_sets, 0)))
+    acc.row_sums(*inputs, draws, out["y"], out["sums"], out["est"], out["var"], *none)
+    fused = out["est"].copy(), out["var"].copy()
+    acc.row_sums(*inputs, draws[:0], *out.values())
+    acc.sampled_pairs(
+        *inputs[1:6], inputs[7], *inputs[8:], draws, out["y"], out["sums"], out["b"],
+        out["yv"], out["cdf"], out["est"], out["var"],
+    )  # fmt: skip
+    assert_array_equal(out["est"], fused[0])
+    assert_array_equal(out["var"], fused[1])
+    rows = naive.accuracy_row_sums(U, Kk, V, keys_ok, limits, sm, coupled)
+    sampled = 0
+    for r, row in enumerate(rows):
+        for k in range(n_sets):
+            if row is None or not out["sums"][r, acc.COL_WTOT + k] > 0:
+                assert out["est"][r, k] == 0 and out["var"][r, k] == 0
+                continue
+            pairs = naive.accuracy_row_pairs(row, k, draws[r, k], Kk, V, sm, coupled)
+            est, var, est_slack, var_slack = pairs
+            scale = abs(est) + np.sqrt(var)  # the sum's size, or its noise where it is ~0
+            assert_allclose(out["est"][r, k], est, rtol=1e-9, atol=1e-12 * scale + est_slack)
+            atol = 1e-12 * scale**2 + var_slack
+            assert_allclose(out["var"][r, k], var, rtol=1e-9, atol=atol)
+            sampled += est != 0
+    if kind == "moderate":  # (the others' e^{±k̃_j·k̃_l} may overflow: inf or NaN sums)
+        assert sampled >= (R - 3) * n_sets  # rows 0-2 see at most one key: no pairs
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_key_rows(dtype):
+    rng = np.random.default_rng(3)
+    K, V = rng.normal(scale=4, size=(2, 37, 6)).astype(dtype)
+    psi = rng.uniform(0.5, 2, 6)
+    out = (np.empty((37, 6)), np.empty(37), np.empty((37, 7)), np.empty(37))
+    acc.key_rows(K, V, 0.7, psi, *out)
+    for got, expected in zip(out, naive.key_rows(K, V, 0.7, psi), strict=True):
+        assert_allclose(got, expected, rtol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["positive", "hyperbolic", "optimal", "trig"])
+@pytest.mark.parametrize("scale", [0.3, 8.0])
+def test_noise_rows(name, scale):
+    """The AccuracyWarning check's sums; at scale 8 the logits reach ±300 (their exps
+    overflow without a shift) and the moments e^{|u + k̃|²} overflow (inf, as the twin's)."""
+    rng = np.random.default_rng(4)
+    n_seq, L, d, d_v = 2, 300, 16, 7
+    Kf = (rng.normal(scale=scale, size=(n_seq, L, d))).astype(np.float32)
+    Vf = rng.normal(size=(n_seq, L, d_v))
+    seqs = np.array([0, 1, 1, 0, 1])
+    picks = rng.integers(0, L, size=(5, 40))
+    U = rng.normal(scale=scale, size=(5, d)) / d**0.25
+    root, psi = d**-0.25, rng.uniform(0.8, 1.25, d)
+    share = rng.uniform(0.1, 1, 5)
+    fmap = maps.get(name)
+    sm = fmap.second_moment(d, -0.05 if fmap.fitted else 0.0)
+    out = np.empty((5, 3))
+    moment = np.array([sm.alpha, sm.gamma, float(sm.pair_sign), sm.log_const])
+    signs = np.array(sm.signs, dtype=np.float64)
+    acc.noise_rows(U, Kf, Vf, seqs, picks, root, psi, share, moment, signs, out)
+    K = Kf[seqs[:, None], picks].astype(np.float64) * root / psi
+    expected = naive.noise_rows(U, K, Vf[seqs[:, None], picks], share, sm)
+    for got, want in zip(out.T, expected, strict=True):
+        assert_allclose(got, want, rtol=1e-10)
+    if scale > 1:  # the hostile regime was reached
+        assert np.nanmax(out[:, 0]) > 1e100

@@ -21,8 +21,18 @@ error of 0.92 ulp against the exact exp (1.18 ulp on a CPU without FMA; numpy's:
 reduction become FMAs, which also makes them more accurate); without it the kernel ran at
 2.4 G/s. No reassociation: ``(t + 1.5 2^23) - 1.5 2^23`` is the round-to-nearest and must
 not be simplified away. The code is fixed at compile time, so results do not depend on the
-thread count. float64 keeps numpy's exp: the float64 transform is already several times
+thread count. The float64 transforms keep numpy's exp: they are already several times
 faster than the alternatives and a float64 polynomial needs twice the degree.
+
+:func:`exp64` is the same construction in float64 for exponentials taken *inside* Numba
+kernels (the accuracy prediction's, :mod:`favorkit._kernels.accuracy`), where numpy's exp
+cannot be called and Numba's libm ``math.exp`` measured 6.9 ns per value on the
+development machine (AMD Zen 5): :func:`exp64` in a loop over an array, 0.66 ns (numpy's
+vectorized float64 exp: 1.4 ns), with a maximum error of 0.86 ulp (1.2 ulp without FMA).
+Degree 13 Taylor on ``|r| <= ln2 / 2``: truncation ``(ln2/2)^14 / 14! = 4e-18``, below
+float64's half ulp (1.1e-16); ``ln 2`` split into fdlibm's 32-bit head and its tail; ``x``
+clamped to [-746, ln(DBL_MAX)] (``2^n`` as two normal factors for every ``n`` in
+[-1076, 1024], so subnormal results round once).
 """
 
 import math
@@ -70,6 +80,64 @@ def exp_inplace_float32(a):
         scale_a = _bits_as_float32((n_half + np.int32(127)) << np.int32(23))
         scale_b = _bits_as_float32((n - n_half + np.int32(127)) << np.int32(23))
         a[i] = _INF if x > _X_MAX else p * scale_a * scale_b
+
+
+@intrinsic
+def _bits_as_float64(typingctx, bits):
+    """Reinterpret an int64's bits as a float64 (no conversion)."""
+    sig = types.float64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(types.float64))
+
+    return sig, codegen
+
+
+_X64_MIN = -746.0  # exp(-746) < 2^-1076 rounds to 0
+_X64_MAX = 709.782712893384  # ln(DBL_MAX)
+_LOG2E64 = 1.4426950408889634
+_LN2_HI64 = 6.93147180369123816490e-01  # 32 significant bits: n * _LN2_HI64 is exact
+_LN2_LO64 = 1.90821492927058770002e-10
+_ROUND64 = 6755399441055744.0  # 1.5 * 2^52
+_D = [1.0 / math.factorial(k) for k in range(14)]
+_D2, _D3, _D4, _D5, _D6, _D7, _D8, _D9, _D10, _D11, _D12, _D13 = _D[2:]
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"contract"})
+def exp64(x):
+    """``exp(x)`` in float64 for use inside Numba kernels (see the module docstring).
+
+    Written to vectorize when called in a loop over an array. ``exp(-inf) = 0``,
+    ``exp(inf) = inf``, NaN propagates.
+    """
+    xc = min(max(x, _X64_MIN), _X64_MAX)
+    n_f = (xc * _LOG2E64 + _ROUND64) - _ROUND64
+    r = (xc - n_f * _LN2_HI64) - n_f * _LN2_LO64
+    p = _D13 * r + _D12
+    p = p * r + _D11
+    p = p * r + _D10
+    p = p * r + _D9
+    p = p * r + _D8
+    p = p * r + _D7
+    p = p * r + _D6
+    p = p * r + _D5
+    p = p * r + _D4
+    p = p * r + _D3
+    p = p * r + _D2
+    p = (p * r + 1.0) * r + 1.0
+    n = np.int64(n_f)
+    n_half = n >> np.int64(1)
+    scale_a = _bits_as_float64((n_half + np.int64(1023)) << np.int64(52))
+    scale_b = _bits_as_float64((n - n_half + np.int64(1023)) << np.int64(52))
+    y = p * scale_a * scale_b
+    return math.inf if x > _X64_MAX else (x if x != x else y)
+
+
+@numba.njit(nogil=True, cache=True)
+def exp64_inplace(a):
+    """``a[i] = exp64(a[i])`` for a contiguous 1-D float64 array."""
+    for i in range(a.size):
+        a[i] = exp64(a[i])
 
 
 @numba.njit(nogil=True, cache=True)

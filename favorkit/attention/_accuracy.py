@@ -10,6 +10,8 @@ import numpy as np
 from scipy import interpolate, special
 
 from favorkit import maps, sampling
+from favorkit._kernels import accuracy as acc_kernels
+from favorkit._parallel import map_row_blocks
 from favorkit.attention._inputs import check_finite, prepare, resolve_scale
 from favorkit.maps import MapParams, Moments
 from favorkit.theory._diagnostics import check_target, smallest_m
@@ -34,6 +36,9 @@ _NONLINEAR = 0.25
 # Unreliable rows carrying more than this share of the predicted error make it heavy-tailed.
 _HEAVY_SHARE = 0.1
 _QUERY_CHUNK = 64
+# Query rows per parallel block: 64 rows in 4 blocks keep both cores busy, and 16 rows make
+# the block's weighted sums of values one GEMM of 64+ rows.
+_BLOCK_ROWS = 16
 _SPLINE_NODES = 257
 _TABLE_NODES = 1 << 14
 
@@ -174,174 +179,131 @@ def _sequence_params(fmap, Qs, Ks, visible_keys):
     return fmap.fit(Moments.of(Qs), Moments.of(keys))
 
 
-def _rows_error(fmap, sm, coupled, d, U, Kk, V, visible, rng, n_pairs):
+def _key_rows(K, V, root, psi):
+    """``K root / psi`` and its rows' squared norms, ``[V, 1]`` and ``V``'s rows' squared
+    norms, in float64 (:func:`favorkit._kernels.accuracy.key_rows`, on key blocks in
+    parallel)."""
+    L, d = K.shape
+    Kk, kk = np.empty((L, d)), np.empty(L)
+    Vx, vv = np.empty((L, V.shape[1] + 1)), np.empty(L)
+    psi = np.ascontiguousarray(np.broadcast_to(psi, (d,)), dtype=np.float64)
+
+    def block(r):
+        acc_kernels.key_rows(K[r], V[r], root, psi, Kk[r], kk[r], Vx[r], vv[r])
+
+    map_row_blocks(block, L)
+    return Kk, kk, Vx, vv
+
+
+def _rng_state(rng, state=None):
+    """Get, or with ``state`` set, the state of a Generator or a RandomState."""
+    if isinstance(rng, np.random.Generator):
+        if state is None:
+            return rng.bit_generator.state
+        rng.bit_generator.state = state
+    elif state is None:
+        return rng.get_state()
+    else:
+        rng.set_state(state)
+    return state
+
+
+def _rows_error(sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits, rng, n_pairs):
     """Per-row sums for a block of query rows of one sequence (module docstring).
 
-    Returns (single, single_se², coupled_sum, coupled_se², normalizer relVar, |y|²).
+    Row ``r`` sees the keys ``j < limits[r]`` with ``keys_ok[j]``; ``Vx`` holds the values
+    with a column of ones appended, ``vv``, ``kk`` the squared norms of values and keys.
+    The sums over keys are formed by the kernels of :mod:`favorkit._kernels.accuracy` on
+    row blocks in parallel; the uniform draws of the key-pair samples come from ``rng``
+    here, per sampling set in turn (one per sign, then the coupled one), for the rows
+    with a positive total weight, so they do not depend on the blocks.
+
+    Returns (single, single_se², coupled_sum, coupled_se², normalizer relVar, |y|², seen):
+    per row, 0 where a row sees no key (``seen`` False).
     """
-    tau = sm.pair_sign
-    hidden = None if visible.all() else ~visible
-    b = U @ Kk.T  # the logits u·k̃_j
-    logp = b.copy()
-    if hidden is not None:
-        logp[hidden] = -np.inf
-        b[hidden] = 0.0
-    top = logp.max(axis=1, keepdims=True)
-    logp -= top
-    p = np.exp(logp)
-    total = p.sum(axis=1, keepdims=True)
-    p /= total
-    logp -= np.log(total)
-    y = p @ V
-    y2 = np.einsum("ij,ij->i", y, y)
-    vv = np.einsum("ij,ij->i", V, V)
-    w2 = vv[None, :] - 2.0 * (y @ V.T)
-    w2 += y2[:, None]
-    np.maximum(w2, 0.0, out=w2)
-    if hidden is not None:
-        w2[hidden] = 0.0
-    uu = np.einsum("ij,ij->i", U, U)
-    kk = np.einsum("ij,ij->i", Kk, Kk)
-    z = (2.0 * tau) * b
-    z += uu[:, None]
-    z += kk[None, :]
-    np.maximum(z, 0.0, out=z)
     n_rows = U.shape[0]
+    signs = np.array(sm.signs, dtype=np.float64)
+    n_signs = signs.size
+    moment = np.array([sm.alpha, sm.gamma, float(sm.pair_sign)])
+    if coupled is None:
+        coupling, tables = np.zeros(4), np.zeros((2, 2, 2))
+    else:
+        coupling = np.array([1.0, coupled.d, coupled.step, coupled.linear])
+        tables = coupled.kernel_tables()
+    n_sets = n_signs + (coupled is not None)
+    uu = np.einsum("ij,ij->i", U, U)
+    Lk = Kk.shape[0]
+    y = np.empty((n_rows, Vx.shape[1]))
+    sums = np.empty((n_rows, acc_kernels.N_COLS))
+    est = np.empty((n_rows, n_sets))
+    var = np.empty((n_rows, n_sets))
+    fixed = (moment, signs, coupling, tables)
+    # Every row that sees a key is sampled in every set unless all its sampling weights
+    # are 0: draw for those rows first and sample in the same pass as the sums; if a row
+    # turns out to have no weight, draw again for the rows that have.
+    seen = np.cumsum(keys_ok)[limits - 1] > 0
+    state = _rng_state(rng)
+    draws = np.zeros((n_rows, n_sets, 2, n_pairs))
+    for k in range(n_sets):
+        draws[seen, k] = rng.random((int(seen.sum()), 2, n_pairs))
+    unstored = (np.empty((n_rows, 0)), np.empty((n_rows, 0)), np.empty((n_rows, n_sets, 0)))
 
-    single = np.zeros(n_rows)
-    single_var = np.zeros(n_rows)
-    norm_terms = []
-    for sigma in sm.signs:
-        ell = logp + sm.alpha * z + sigma * sm.gamma * tau * b  # -inf where hidden
-        grow = ell + 0.5 * sigma * sm.gamma * kk[None, :]
-        shift = np.maximum(ell.max(axis=1), grow.max(axis=1))[:, None]
-        e = np.exp(ell - shift)
-        g = np.exp(grow - shift)
-        s1 = e @ V - y * e.sum(axis=1, keepdims=True)
-        diag = ((g * g - e * e) * w2).sum(axis=1)
-        # |e^{σγ k̃_j·k̃_l} - 1| <= e^{γ(|k̃_j|² + |k̃_l|²)/2} for either sign: sampling with
-        # these weights keeps every sampled ratio below 1 in size.
-        bound = ell + 0.5 * sm.gamma * kk[None, :]
-        bound = np.exp(bound - bound.max(axis=1, keepdims=True))
+    def block_sums(rows, draws=draws, out=unstored):
+        acc_kernels.row_sums(
+            U[rows], Kk, Vx, vv, kk, uu[rows], keys_ok, limits[rows], *fixed, draws[rows],
+            y[rows], sums[rows], est[rows], var[rows], *(a[rows] for a in out),
+        )  # fmt: skip
 
-        def interaction(rows, j, l, e=e, sigma=sigma):
-            key_dot = np.einsum("ij,ij->i", Kk[j], Kk[l])
-            return (
-                e[rows, j] * e[rows, l] * _dot_centered(V, y, rows, j, l)
-                * np.expm1(sigma * sm.gamma * key_dot)
+    map_row_blocks(block_sums, n_rows, _BLOCK_ROWS)
+    live = sums[:, acc_kernels.COL_WTOT : acc_kernels.COL_WTOT + n_sets] > 0
+    if np.any(live != seen[:, None]):
+        _rng_state(rng, state)
+        stored = (np.empty((n_rows, Lk)), np.empty((n_rows, Lk)), np.empty((n_rows, n_sets, Lk)))
+        map_row_blocks(lambda rows: block_sums(rows, draws[:0], stored), n_rows, _BLOCK_ROWS)
+        draws = np.zeros((n_rows, n_sets, 2, n_pairs))
+        for k in range(n_sets):
+            if live[:, k].any():
+                draws[live[:, k], k] = rng.random((int(live[:, k].sum()), 2, n_pairs))
+
+        def block_pairs(rows):
+            acc_kernels.sampled_pairs(
+                Kk, Vx, vv, kk, uu[rows], limits[rows], *fixed, draws[rows], y[rows],
+                sums[rows], *(a[rows] for a in stored), est[rows], var[rows],
             )  # fmt: skip
 
-        inter, inter_var = _sampled_pairs(
-            weights=bound * np.sqrt(w2), value=interaction, rng=rng, n_pairs=n_pairs
-        )
-        log_front = sm.log_const + sigma * sm.gamma * uu + 2.0 * shift[:, 0]
-        scale = np.exp(np.minimum(log_front, 700.0)) / len(sm.signs)
-        scale[log_front > 700.0] = np.inf
-        bracket = np.einsum("ij,ij->i", s1, s1) + diag + inter
-        with np.errstate(invalid="ignore", over="ignore"):
-            single += scale * bracket
-            single_var += (scale**2) * inter_var
+        map_row_blocks(block_pairs, n_rows, _BLOCK_ROWS)
+
+    seen = sums[:, acc_kernels.COL_SEEN] > 0
+    single = np.zeros(n_rows)
+    single_var = np.zeros(n_rows)
+    norm = np.zeros(n_rows)
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        # ℓ's row constants, -max b - log Σ exp(b - max b), left out by the kernel.
+        offset = sums[:, acc_kernels.COL_TOP] + np.log(sums[:, acc_kernels.COL_TOTAL])
+        for k, sigma in enumerate(sm.signs):
+            col = acc_kernels.COL_SIGN + k * acc_kernels.SIGN_COLS
+            shift = sums[:, col + acc_kernels.SIGN_SHIFT] - offset
+            log_front = sm.log_const + sigma * sm.gamma * uu + 2.0 * shift
+            scale = np.exp(np.minimum(log_front, 700.0)) / n_signs
+            scale[log_front > 700.0] = np.inf
+            bracket = sums[:, col + acc_kernels.SIGN_S1SQ] + sums[:, col + acc_kernels.SIGN_DIAG]
+            single += scale * (bracket + est[:, k])
+            single_var += (scale**2) * var[:, k]
             # The normalizer's one-projection relVar (its key interactions left out).
-            norm_terms.append(scale * (e.sum(axis=1) ** 2 + (g * g - e * e).sum(axis=1)))
-    with np.errstate(invalid="ignore", over="ignore"):
-        norm_relvar = np.maximum(sum(norm_terms) - 1.0, 0.0)
+            sum_e = sums[:, col + acc_kernels.SIGN_SUM_E]
+            norm += scale * (sum_e**2 + sums[:, col + acc_kernels.SIGN_GGEE])
+        norm_relvar = np.maximum(norm - 1.0, 0.0)
     # No clipping per row: a row's sampled interactions may be negative; only the total
     # is (clipping each row would bias the sum upwards).
     single = np.where(np.isnan(single), np.inf, single)
-
     cross = np.zeros(n_rows)
     cross_var = np.zeros(n_rows)
     if coupled is not None:
-        cross, cross_var = _coupled_sum(
-            coupled, d, p, V, y, w2, z, b, uu, Kk, tau, visible, rng, n_pairs
-        )
-    return single, single_var, cross, cross_var, norm_relvar, y2
-
-
-def _weighted_centered(weights, V, y):
-    """``Σ_j weights_j (v_j - y)`` per row."""
-    return weights @ V - y * weights.sum(axis=1, keepdims=True)
-
-
-def _coupled_sum(coupled, d, p, V, y, w2, z, b, uu, Kk, tau, visible, rng, n_pairs):
-    """``Σ_{j,l} p_j p_l (v_j - y)·(v_l - y) χ_jl`` per row, with its sampling variance.
-
-    With ``a_j·a_l = c_j + c_l + k̃_j·k̃_l`` (``c_j = |u|²/2 ± u·k̃_j``), the pair form of
-    ``χ`` (:class:`_Coupling`) is, to second order, ``K (d (a_j·a_l)² - z_j z_l)/(d-1)``.
-    Its part without the key-key products, ``cv_jl = K (d (c_j + c_l)² - z_j z_l)/(d-1)``
-    with ``K`` taken at the row's mean ``z``, factorizes over keys and is summed exactly, as
-    is every part of the form ``h_j + h_l``; only the rest, which is small unless keys are
-    close, is sampled. (Sampled whole, the sum of this many near-cancelling terms is noise.)
-    """
-    chi_diag = np.where(visible, coupled.diag(z), 0.0)
-    cvec = np.where(visible, 0.5 * uu[:, None] + tau * b, 0.0)
-    zbar = (p * z).sum(axis=1)
-    curv = coupled.curvature(zbar)[:, None] / max(d - 1, 1)
-    cv_diag = curv * (4.0 * d * cvec**2 - z * z)
-    h = chi_diag - cv_diag
-    s_1 = _weighted_centered(p, V, y)
-    s_c = _weighted_centered(p * cvec, V, y)
-    s_cc = _weighted_centered(p * cvec**2, V, y)
-    s_z = _weighted_centered(p * z, V, y)
-    s_h = _weighted_centered(p * h, V, y)
-    dot = lambda A, B: np.einsum("ij,ij->i", A, B)  # noqa: E731
-    full_cv = curv[:, 0] * (d * (2.0 * dot(s_c, s_c) + 2.0 * dot(s_cc, s_1)) - dot(s_z, s_z))
-    # All pairs, j = l included: Σ_{j,l} = full_cv + Σ_{j≠l} (h_j + h_l)/2 + Σ_j |X_j|² h_j
-    # + sampled, and Σ_{j≠l} (h_j + h_l)/2 X_j·X_l = s_h·s_1 - Σ_j |X_j|² h_j.
-    exact = full_cv + dot(s_h, s_1)
-
-    def rest(rows, j, l):
-        za, zb = z[rows, j], z[rows, l]
-        s = cvec[rows, j] + cvec[rows, l] + np.einsum("ij,ij->i", Kk[j], Kk[l])
-        cv = curv[rows, 0] * (d * (cvec[rows, j] + cvec[rows, l]) ** 2 - za * zb)
-        r = coupled.pair(za, zb, s) - cv - 0.5 * (h[rows, j] + h[rows, l])
-        return p[rows, j] * p[rows, l] * _dot_centered(V, y, rows, j, l) * r
-
-    sampled, var = _sampled_pairs(
-        weights=p * np.sqrt(w2) * np.sqrt(1.0 + np.abs(chi_diag) + np.abs(cv_diag)),
-        value=rest,
-        rng=rng,
-        n_pairs=n_pairs,
-    )
-    return exact + sampled, var
-
-
-def _dot_centered(V, y, rows, j, l):
-    return np.einsum("ij,ij->i", V[j] - y[rows], V[l] - y[rows])
-
-
-def _sampled_pairs(weights, value, rng, n_pairs):
-    """``Σ_{j≠l} value(j, l)`` per row by importance sampling of pairs from
-    ``weights ⊗ weights``: the estimate and its variance, per row."""
-    n_rows = weights.shape[0]
-    total = weights.sum(axis=1)
-    est = np.zeros(n_rows)
-    var = np.zeros(n_rows)
-    live = np.flatnonzero(total > 0)
-    if not live.size:
-        return est, var
-    cdf = np.cumsum(weights[live], axis=1)
-    cdf /= cdf[:, -1:]
-    draws = rng.random((live.size, 2, n_pairs))
-    j = np.empty((live.size, n_pairs), dtype=np.int64)
-    l = np.empty((live.size, n_pairs), dtype=np.int64)
-    last = weights.shape[1] - 1
-    for r in range(live.size):
-        j[r] = np.minimum(np.searchsorted(cdf[r], draws[r, 0]), last)
-        l[r] = np.minimum(np.searchsorted(cdf[r], draws[r, 1]), last)
-    rows = np.repeat(live, n_pairs)
-    jf, lf = j.ravel(), l.ravel()
-    wj, wl = weights[rows, jf], weights[rows, lf]
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        vals = np.where(
-            (jf != lf) & (wj > 0) & (wl > 0),
-            value(rows, jf, lf) / (wj * wl),
-            0.0,
-        ).reshape(live.size, n_pairs)
-    scale = total[live] ** 2
-    est[live] = scale * vals.mean(axis=1)
-    var[live] = scale**2 * vals.var(axis=1, ddof=1) / n_pairs
-    return est, var
+        cross = sums[:, acc_kernels.COL_CROSS] + est[:, n_signs]
+        cross_var = var[:, n_signs]
+    y2 = sums[:, acc_kernels.COL_Y2]
+    out = [single, single_var, cross, cross_var, norm_relvar, y2]
+    return (*(np.where(seen, a, 0.0) for a in out), seen)
 
 
 class _Coupling:
@@ -364,28 +326,23 @@ class _Coupling:
         self.c, self.d, self.trig, self.signs = c, d, trig, signs
         top = max(z_max, 1e-12)
         fine = np.linspace(0.0, top, _TABLE_NODES)
-        step = (_TABLE_NODES - 1) / top
+        self.step = (_TABLE_NODES - 1) / top
 
         def table(values):
             # A cubic spline, tabulated finely once, then read by linear interpolation on
             # the uniform table (an index, not a search: this runs on every (row, key)).
+            # Rows: values, slopes (the last slope is never read).
             ys = interpolate.CubicSpline(grid, values)(fine)
-            slopes = np.diff(ys)
-
-            def read(z):
-                t = np.clip(z * step, 0.0, _TABLE_NODES - 1.000001)
-                i = t.astype(np.intp)
-                return ys[i] + (t - i) * slopes[i]
-
-            return read
+            return np.stack([ys, np.append(np.diff(ys), 0.0)])
 
         grid = np.linspace(0.0, max(z_max, 1e-12), _SPLINE_NODES)
-        if trig:
-            self.moment = {sign: table(self._trig_moment(grid, sign * c)) for sign in (1, -1)}
-        else:
-            self.log_moment = {
-                sign: table(log_moment_series(grid, d, sign * c)) for sign in (1, -1)
-            }
+        # M_c (trigonometric) or log M_c at the cosines c and, for maps that pair ±ω, -c
+        # (the pair form and the curvature read c's only). Orthogonal blocks (c = 0) have
+        # one table for both.
+        moment = self._trig_moment if trig else lambda z, c: log_moment_series(z, d, c)
+        self.tables = {1: table(moment(grid, c))}
+        if -1 in signs:
+            self.tables[-1] = self.tables[1] if c == 0 else table(moment(grid, -c))
         mean_r_sq = 2.0 * np.exp(2.0 * (special.gammaln(0.5 * (d + 1)) - special.gammaln(0.5 * d)))
         self.linear = (-1.0 if trig else 1.0) * c * mean_r_sq / d
 
@@ -399,13 +356,26 @@ class _Coupling:
         vals = np.exp(z[:, None] - half) * special.hyp1f1(-0.5 * self.d, 0.5 * self.d, half)
         return vals @ weight
 
+    def _read(self, sign, z):
+        ys, slopes = self.tables[sign]
+        t = np.clip(z * self.step, 0.0, _TABLE_NODES - 1.000001)
+        i = t.astype(np.intp)
+        return ys[i] + (t - i) * slopes[i]
+
+    def kernel_tables(self):
+        """The log-moment tables at ``(c, -c)`` as one (2, 2, nodes) array (values, slopes)
+        for :mod:`favorkit._kernels.accuracy` (exponential maps only)."""
+        if self.trig:
+            raise ValueError("the kernels read log-moment tables (exponential maps only).")
+        return np.stack([self.tables[1], self.tables.get(-1, self.tables[1])])
+
     def diag(self, z):
         """``χ`` of two estimates of one entry at ``z = |a|²``."""
         if self.trig:
-            return np.mean([self.moment[s](z) for s in self.signs], axis=0) - 1.0
+            return np.mean([self._read(s, z) for s in self.signs], axis=0) - 1.0
         if len(self.signs) == 1:
-            return np.expm1(self.log_moment[self.signs[0]](z))
-        logs = [self.log_moment[s](z) for s in self.signs]
+            return np.expm1(self._read(self.signs[0], z))
+        logs = [self._read(s, z) for s in self.signs]
         return np.expm1(special.logsumexp(logs, axis=0) - np.log(len(self.signs)))
 
     def curvature(self, z):
@@ -414,7 +384,7 @@ class _Coupling:
         z = np.asarray(z, dtype=np.float64)
         small = z < 1e-6
         zs = np.where(small, 1.0, z)
-        psi = self.moment[1](zs) - 1.0 if self.trig else self.log_moment[1](zs)
+        psi = self._read(1, zs) - 1.0 if self.trig else self._read(1, zs)
         psi = psi - self.linear * zs
         return np.where(small, -0.5 / (self.d + 2), psi / zs**2)
 
@@ -426,9 +396,9 @@ class _Coupling:
             cos2 = np.where(zhat > 0, (s / np.where(zhat > 0, zhat, 1.0)) ** 2, 1.0)
         weight = (self.d * np.minimum(cos2, 1.0) - 1.0) / max(self.d - 1, 1)
         if self.trig:  # M may be negative: carried over linearly, not in logs
-            rest = (self.moment[1](zhat) - 1.0 - self.linear * zhat) * weight
+            rest = (self._read(1, zhat) - 1.0 - self.linear * zhat) * weight
             return np.mean([self.linear * sigma * s + rest for sigma in self.signs], axis=0)
-        rest = (self.log_moment[1](zhat) - self.linear * zhat) * weight
+        rest = (self._read(1, zhat) - self.linear * zhat) * weight
         logs = [self.linear * sigma * s + rest for sigma in self.signs]
         return np.expm1(special.logsumexp(logs, axis=0) - np.log(len(self.signs)))
 
@@ -470,8 +440,9 @@ def quick_noise_ratio(Qf, Kf, Vf, mask, causal, root, fmap, m, fitted, n_rows=8,
     the full one), the predicted squared error of the output row (iid couplings, exact
     one-projection covariances without key-key interactions) is compared with the spread
     of what the row averages, ``Σ_j p_j |v_j - y|²`` (the attention-weighted variance of the
-    values). Costs O(n_rows n_keys (d + d_v)) in a few dozen array operations, whatever L is,
-    and is deterministic (a fixed seed).
+    values). Costs O(n_rows n_keys (d + d_v)) in one pass of
+    :func:`favorkit._kernels.accuracy.noise_rows`, whatever L is, and is deterministic (a
+    fixed seed).
 
     Returns
     -------
@@ -489,7 +460,12 @@ def quick_noise_ratio(Qf, Kf, Vf, mask, causal, root, fmap, m, fitted, n_rows=8,
     picks, counts, keep = [], [], []
     for n, i in zip(seqs, rows, strict=True):
         last = min(Lk, i + 1) if causal else Lk
-        visible = np.arange(last) if mask is None else np.flatnonzero(~mask[n, :last])
+        if mask is None:  # the visible keys are 0..last-1: a draw is its own key
+            picks.append(rng.integers(0, last, size=n_keys))
+            counts.append(last)
+            keep.append((n, i))
+            continue
+        visible = np.flatnonzero(~mask[n, :last])
         if visible.size:
             picks.append(visible[rng.integers(0, visible.size, size=n_keys)])
             counts.append(visible.size)
@@ -498,43 +474,23 @@ def quick_noise_ratio(Qf, Kf, Vf, mask, causal, root, fmap, m, fitted, n_rows=8,
         return 0.0, False, 1.0
     seqs, rows = np.array(keep).T
     picks = np.array(picks)
-    share = (n_keys / np.array(counts, dtype=np.float64))[:, None]
-    K = Kf[seqs[:, None], picks].astype(np.float64) * root  # (rows, keys, d)
-    V = Vf[seqs[:, None], picks].astype(np.float64)
+    share = n_keys / np.array(counts, dtype=np.float64)
     U = Qf[seqs, rows].astype(np.float64) * root
     if fitted is not None or fmap.fitted:
+        K = Kf[seqs[:, None], picks].astype(np.float64) * root  # (rows, keys, d)
         params = fitted or fmap.fit(Moments.of(U), Moments.of(K.reshape(-1, d)))
     else:
         params = MapParams.identity(d)
-    U, K = U * params.psi, K / params.psi
     sm = fmap.second_moment(d, params.a)
-    b = np.einsum("rkd,rd->rk", K, U)
-    logp = b - b.max(axis=1, keepdims=True)
-    p = np.exp(logp)
-    total = p.sum(axis=1, keepdims=True)
-    p /= total
-    logp -= np.log(total)
-    y = np.einsum("rk,rkv->rv", p, V)
-    w = V - y[:, None, :]
-    w2 = np.einsum("rkv,rkv->rk", w, w)
-    spread = (p * w2).sum(axis=1)
-    uu, kk = np.einsum("rd,rd->r", U, U), np.einsum("rkd,rkd->rk", K, K)
-    z = np.maximum(uu[:, None] + 2.0 * sm.pair_sign * b + kk, 0.0)
-    single = np.zeros(len(rows))
-    relvar = np.zeros(len(rows))
+    sums = np.empty((len(rows), 3))
+    moment = np.array([sm.alpha, sm.gamma, float(sm.pair_sign), sm.log_const])
+    signs = np.array(sm.signs, dtype=np.float64)
+    psi = np.ascontiguousarray(np.broadcast_to(params.psi, (d,)), dtype=np.float64)
+    acc_kernels.noise_rows(
+        U * params.psi, Kf, Vf, seqs, picks, root, psi, share, moment, signs, sums
+    )
+    single, relvar, spread = sums.T
     with np.errstate(over="ignore", invalid="ignore"):
-        for sigma in sm.signs:
-            ell = logp + sm.alpha * z + sigma * sm.gamma * sm.pair_sign * b
-            grow = ell + 0.5 * sigma * sm.gamma * kk
-            shift = np.maximum(ell.max(axis=1), grow.max(axis=1))
-            e, g = np.exp(ell - shift[:, None]), np.exp(grow - shift[:, None])
-            s1 = np.einsum("rk,rkv->rv", e, w)
-            front = sm.log_const + sigma * sm.gamma * uu + 2.0 * shift
-            scale = np.where(front > 700.0, np.inf, np.exp(np.minimum(front, 700.0)))
-            scale /= len(sm.signs)
-            diag = share[:, 0] * ((g * g - e * e) * w2).sum(axis=1)
-            single += scale * (np.einsum("rv,rv->r", s1, s1) + diag)
-            relvar += scale * (e.sum(axis=1) ** 2 + share[:, 0] * (g * g - e * e).sum(axis=1))
         relvar = np.maximum(relvar - 1.0, 0.0)
         err = single / m
         spread_sum = float(spread.sum())
@@ -665,31 +621,28 @@ def predict_rows(
     relvar_rows, share_rows = [], []
     row_err, row_out = [], []
     for n in np.unique(seqs):
-        Ks = Kf[n].astype(np.float64) * root
-        Vs = Vf[n].astype(np.float64)
         keys_ok = np.ones(Lk, bool) if mask is None else ~mask[n]
         if causal_params is None and fmap.fitted:
+            Ks = Kf[n].astype(np.float64) * root
             params = _sequence_params(fmap, Qf[n].astype(np.float64) * root, Ks, keys_ok)
         else:
             params = causal_params or MapParams.identity(d)
         sm = fmap.second_moment(d, params.a)
         U_all = Qf[n, rows[seqs == n]].astype(np.float64) * (root * params.psi)
-        Kk = Ks / params.psi
+        Kk, kk, Vx, vv = _key_rows(Kf[n], Vf[n], root, params.psi)
         coupled = None
         if c is not None:
-            z_max = float((np.sqrt((U_all**2).sum(1).max()) + np.sqrt((Kk**2).sum(1).max())) ** 2)
+            z_max = float((np.sqrt((U_all**2).sum(1).max()) + np.sqrt(kk.max())) ** 2)
             coupled = _Coupling(c, d, sm.pair_sign < 0, z_max, sm.signs)
         seq_rows = rows[seqs == n]
         for start in range(0, seq_rows.size, _QUERY_CHUNK):
             r = seq_rows[start : start + _QUERY_CHUNK]
-            visible = np.broadcast_to(keys_ok, (r.size, Lk)).copy()
-            if causal:
-                visible &= np.arange(Lk)[None, :] <= r[:, None]
+            # Row i sees the keys j <= i (causal) or all, less the padded ones.
+            limits = np.minimum(r + 1, Lk) if causal else np.full(r.size, Lk)
             U = U_all[start : start + _QUERY_CHUNK]
-            single, single_var, cross, cross_var, relvar, y2 = _rows_error(
-                fmap, sm, coupled, d, U, Kk, Vs, visible, rng, n_pairs
+            single, single_var, cross, cross_var, relvar, y2, seen = _rows_error(
+                sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits.astype(np.int64), rng, n_pairs
             )
-            seen = visible.any(axis=1)
             pairs = float(pair_count(np.int64(m), d, projection))
             err_rows = single / m + pairs / m**2 * cross
             kurt = _lognormal_excess_kurtosis(np.log1p(relvar))
