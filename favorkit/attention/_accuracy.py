@@ -7,11 +7,13 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import ArrayLike, NDArray
 from scipy import interpolate, special
 
 from favorkit import maps, sampling
 from favorkit._kernels import accuracy as acc_kernels
 from favorkit._parallel import map_row_blocks
+from favorkit._typing import AttentionEstimator, RandomStateLike
 from favorkit.attention._inputs import check_finite, prepare, resolve_scale
 from favorkit.maps import MapParams, Moments
 from favorkit.theory._diagnostics import check_target, smallest_m
@@ -90,7 +92,7 @@ class AttentionError:
     _output_sq: float = field(default=1.0, repr=False)
     _block: int = field(default=1, repr=False)
 
-    def relative_error_at(self, m):
+    def relative_error_at(self, m: ArrayLike) -> float | NDArray[np.float64]:
         """Predicted relative error with ``m`` projections (same data and estimator).
 
         Parameters
@@ -110,7 +112,7 @@ class AttentionError:
         err = self._single / mf + pairs / mf**2 * self._coupled
         return np.sqrt(np.maximum(err, 0.0) / self._output_sq)[()]
 
-    def features_needed(self, target):
+    def features_needed(self, target: float) -> int | float:
         """Smallest m whose predicted relative error is ``<= target``.
 
         Parameters
@@ -506,20 +508,20 @@ def quick_noise_ratio(Qf, Kf, Vf, mask, causal, root, fmap, m, fitted, n_rows=8,
 
 
 def predict_attention_error(
-    Q,
-    K,
-    V,
-    n_components=256,
+    Q: ArrayLike,
+    K: ArrayLike,
+    V: ArrayLike,
+    n_components: int = 256,
     *,
-    estimator="positive",
-    projection="orthogonal",
-    causal=False,
-    scale=None,
-    key_padding_mask=None,
-    n_queries=64,
-    n_pairs=256,
-    random_state=0,
-):
+    estimator: AttentionEstimator = "positive",
+    projection: str = "orthogonal",
+    causal: bool = False,
+    scale: float | None = None,
+    key_padding_mask: ArrayLike | None = None,
+    n_queries: int = 64,
+    n_pairs: int = 256,
+    random_state: RandomStateLike = 0,
+) -> AttentionError:
     """Predict the error of FAVOR attention from the closed forms, without redraws.
 
     The expected squared error of each sampled output row to first order in the kernel
