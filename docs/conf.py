@@ -80,6 +80,8 @@ sphinx_gallery_conf = {
     "matplotlib_animations": False,
     "image_scrapers": ("matplotlib",),
     "plot_gallery": "True",
+    # Show what the examples print, not the repr of a cell's last expression (a title's Text).
+    "capture_repr": (),
 }
 
 # The experiments' figures are made by the build (quick mode, about 2.5 minutes on 2 cores)
