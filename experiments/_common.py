@@ -594,3 +594,49 @@ def scaled_norm(Q, K):
     d = Q.shape[1]
     sq = np.concatenate([np.einsum("ij,ij->i", X, X) for X in (Q, K)])
     return float(np.sqrt(sq.mean() / np.sqrt(d)))
+
+
+# --------------------------------------------------------------------------- attention error
+
+# Fig. 4's estimators and projections, shared by attention_error and attention_regimes.
+ATTENTION_ESTIMATORS = ("trig", "positive", "hyperbolic")
+ATTENTION_PROJECTIONS = ("iid", "orthogonal")
+# The prediction's samples (query rows, key pairs per row): larger than the library's
+# defaults, so that its own sampling error stays small next to the repeats'.
+PREDICT = {"n_queries": 256, "n_pairs": 1024}
+# A prediction whose standard error exceeds this share of its value is not resolved (its
+# sampled key-pair sums are noise) and is not checked against the measurement; where it is
+# resolved, below 0.5 and not heavy-tailed it must be within FACTOR of the measured error.
+RESOLVED = 0.25
+FACTOR = 1.5
+
+
+def n_projections(estimator, r):
+    """Projections m giving r features (the paired maps have two blocks of m)."""
+    from favorkit import maps
+
+    return max(r // len(maps.get(estimator).blocks), 1)
+
+
+def predict_grid(Q, K, V, rs):
+    """``predict_attention_error`` for every Fig. 4 estimator x projection x feature count r:
+    (e, p, r, [relative error, its SE, heavy-tailed, MSE per entry]), NaN where there is no
+    closed form (trig with orthogonal projections)."""
+    from favorkit.accuracy import predict_attention_error
+
+    out = np.full((len(ATTENTION_ESTIMATORS), len(ATTENTION_PROJECTIONS), len(rs), 4), np.nan)
+    for e, est in enumerate(ATTENTION_ESTIMATORS):
+        for p, proj in enumerate(ATTENTION_PROJECTIONS):
+            if est == "trig" and proj != "iid":
+                continue
+            for j, r in enumerate(rs):
+                pred = predict_attention_error(
+                    Q, K, V, n_projections(est, r), estimator=est, projection=proj, **PREDICT
+                )
+                out[e, p, j] = (
+                    pred.relative_error,
+                    pred.standard_error,
+                    pred.heavy_tailed,
+                    pred.mse,
+                )
+    return out

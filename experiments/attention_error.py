@@ -29,20 +29,13 @@ import warnings
 import _common as C
 import numpy as np
 
-from favorkit import FavorAttention, maps, softmax_attention
-from favorkit.accuracy import predict_attention_error
+from favorkit import FavorAttention, softmax_attention
 
 NAME = "attention_error"
 TITLE = "Fig. 4: attention approximation error vs number of features"
-ESTIMATORS = ("trig", "positive", "hyperbolic")
-PROJECTIONS = ("iid", "orthogonal")
+ESTIMATORS, PROJECTIONS = C.ATTENTION_ESTIMATORS, C.ATTENTION_PROJECTIONS
 PROTOCOLS = ("gaussian", "unit")
-# The prediction's samples (query rows, key pairs per row), and the accuracy asked of it
-# where it is below 0.5, resolved (standard error under RESOLVED of its value) and not
-# heavy-tailed; as in attention_regimes.
-PREDICT = {"n_queries": 256, "n_pairs": 1024}
-RESOLVED = 0.25
-FACTOR = 1.5
+PREDICT, RESOLVED, FACTOR, n_projections = C.PREDICT, C.RESOLVED, C.FACTOR, C.n_projections
 PARAMS = {
     "smoke": {"L": 128, "d": 16, "rs": [16, 64], "repeats": 3},
     "quick": {"L": 1024, "d": 16, "rs": [8, 16, 32, 64, 128, 256], "repeats": 8},
@@ -52,11 +45,6 @@ PARAMS = {
 
 def add_arguments(p):
     C.add_attention_data_argument(p)
-
-
-def n_projections(estimator, r):
-    """Projections m giving r features (the paired maps have two blocks of m)."""
-    return max(r // len(maps.get(estimator).blocks), 1)
 
 
 def exact_matrix(Q, K):
@@ -122,20 +110,11 @@ def predict_task(job):
     protocol, L, d, rs, seed, data = job
     ss = np.random.SeedSequence(seed)
     Q, K, V = make_data(protocol, L, d, np.random.default_rng(ss.spawn(1)[0]), data)
-    out = np.full((len(ESTIMATORS), len(PROJECTIONS), len(rs), 3), np.nan)
-    for e, est in enumerate(ESTIMATORS):
-        for p, proj in enumerate(PROJECTIONS):
-            if est == "trig" and proj != "iid":
-                continue
-            for j, r in enumerate(rs):
-                pred = predict_attention_error(
-                    Q, K, V, n_projections(est, r), estimator=est, projection=proj, **PREDICT
-                )
-                # mse = relative_error² ‖Y‖²/(entries): the delta method carries the SE over.
-                rel = pred.relative_error
-                se = 2 * pred.standard_error * pred.mse / rel if rel > 0 else np.inf
-                out[e, p, j] = pred.mse, se, pred.heavy_tailed
-    return out
+    rel, se_rel, heavy, mse = np.moveaxis(C.predict_grid(Q, K, V, rs), -1, 0)
+    # mse = relative_error² ‖Y‖²/(entries): the delta method carries the SE over.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        se = np.where(rel > 0, 2 * se_rel * mse / rel, np.where(np.isnan(rel), np.nan, np.inf))
+    return np.stack([mse, se, heavy], axis=-1)
 
 
 def run(ctx):

@@ -31,13 +31,11 @@ import _common as C
 import numpy as np
 from scipy import stats
 
-from favorkit import FavorAttention, maps, softmax_attention
-from favorkit.accuracy import predict_attention_error
+from favorkit import FavorAttention, softmax_attention
 
 NAME = "attention_regimes"
 TITLE = "Fig. 4 as a regime map: where orthogonal < iid and positive < trig hold"
-ESTIMATORS = ("trig", "positive", "hyperbolic")
-PROJECTIONS = ("iid", "orthogonal")
+ESTIMATORS, PROJECTIONS = C.ATTENTION_ESTIMATORS, C.ATTENTION_PROJECTIONS
 PARAMS = {
     "smoke": {"L": 256, "d": 16, "scales": [0.5, 2.0], "rs": [32], "repeats": 3},
     "quick": {
@@ -55,13 +53,7 @@ PARAMS = {
         "repeats": 16,
     },
 }
-# Sample sizes of the prediction (rows, and key pairs per row): larger than the library's
-# defaults, so that its own sampling error stays small next to the repeats'.
-PREDICT = {"n_queries": 256, "n_pairs": 1024}
-# A prediction whose standard error exceeds this share of its value is not resolved (its
-# sampled key-pair sums are noise) and is not checked against the measurement.
-RESOLVED = 0.25
-FACTOR = 1.5  # the accuracy asked of the prediction where it is below 0.5
+RESOLVED, FACTOR, n_projections = C.RESOLVED, C.FACTOR, C.n_projections
 # Claims: (name, better (estimator, projection), worse, text).
 CLAIMS = (
     *(
@@ -78,11 +70,6 @@ CLASSES = ("holds", "n.s.", "reversed")
 
 def add_arguments(p):
     C.add_attention_data_argument(p)
-
-
-def n_projections(estimator, r):
-    """Projections m giving r features (the paired maps have two blocks of m)."""
-    return max(r // len(maps.get(estimator).blocks), 1)
 
 
 def _source(ctx):
@@ -134,17 +121,7 @@ def predict_task(job):
     s, L, d, rs, seed, data = job
     ss = np.random.SeedSequence(seed)
     Q, K, V = make_data(s, L, d, np.random.default_rng(ss.spawn(1)[0]), data)
-    out = np.full((len(ESTIMATORS), len(PROJECTIONS), len(rs), 3), np.nan)
-    for e, est in enumerate(ESTIMATORS):
-        for p, proj in enumerate(PROJECTIONS):
-            if est == "trig" and proj != "iid":
-                continue
-            for j, r in enumerate(rs):
-                pred = predict_attention_error(
-                    Q, K, V, n_projections(est, r), estimator=est, projection=proj, **PREDICT
-                )
-                out[e, p, j] = pred.relative_error, pred.standard_error, pred.heavy_tailed
-    return out
+    return C.predict_grid(Q, K, V, rs)[..., :3]
 
 
 def paired_z(better, worse):
