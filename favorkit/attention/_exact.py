@@ -26,6 +26,22 @@ from favorkit.kernels import arccos_kernel
 __all__ = ["kernel_attention", "softmax_attention"]
 
 
+def _over_query_blocks(n_seq, Lq, Lk, causal, body):
+    """Run ``body(n, lo, hi, kend)`` for every block of query rows ``lo:hi`` of every
+    sequence ``n`` on the worker threads; ``kend`` is the number of keys the block can see
+    (causal: none after its last query). Blocks hold a few MiB of logits (the tuning's
+    ``exact_block_elems``), whatever L is."""
+    block = max(1, min(Lq, current_tuning().exact_block_elems // Lk))
+    nb = -(-Lq // block)
+
+    def task(rows):
+        n, b = divmod(rows.start, nb)
+        lo, hi = b * block, min(Lq, (b + 1) * block)
+        body(n, lo, hi, min(Lk, hi) if causal else Lk)
+
+    map_row_blocks(task, n_seq * nb, block_rows=1)
+
+
 @validate_params(
     {**ARRAYS, "causal": PARAMETERS["causal"], "scale": PARAMETERS["scale"]},
     prefer_skip_nested_validation=True,
@@ -84,18 +100,13 @@ def softmax_attention(
     Lk, dv = Vf.shape[1:]
     scale = resolve_scale(scale, d)
     out = np.empty((n_seq, Lq, dv), dtype=dtype)
-    block = max(1, min(Lq, current_tuning().exact_block_elems // Lk))
-    nb = -(-Lq // block)
 
-    def task(rows):
-        n, b = divmod(rows.start, nb)
-        lo, hi = b * block, min(Lq, (b + 1) * block)
-        kend = min(Lk, hi) if causal else Lk  # keys after the block's last query are unseen
+    def task(n, lo, hi, kend):
         q = Qf[n, lo:hi]
         k = Kf[n, :kend]
         v = Vf[n, :kend]
         check_finite(q, "Q")
-        if b == 0:  # once per sequence; an error in any task aborts the whole call
+        if lo == 0:  # once per sequence; an error in any task aborts the whole call
             check_finite(Kf[n], "K")
             check_finite(Vf[n], "V")
         q64, k64 = q.astype(np.float64), k.astype(np.float64)
@@ -133,7 +144,7 @@ def softmax_attention(
         out[n, lo:hi] = res
 
     with np.errstate(under="ignore"):
-        map_row_blocks(task, n_seq * nb, block_rows=1)
+        _over_query_blocks(n_seq, Lq, Lk, causal, task)
     return out.reshape(*batch, Lq, dv)
 
 
@@ -209,13 +220,8 @@ def kernel_attention(
     n_seq, Lq, _ = Qf.shape
     Lk, dv = Vf.shape[1:]
     out = np.empty((n_seq, Lq, dv), dtype=dtype)
-    block = max(1, min(Lq, current_tuning().exact_block_elems // Lk))
-    nb = -(-Lq // block)
 
-    def task(rows):
-        n, b = divmod(rows.start, nb)
-        lo, hi = b * block, min(Lq, (b + 1) * block)
-        kend = min(Lk, hi) if causal else Lk
+    def task(n, lo, hi, kend):
         w = np.asarray(
             weights_of(Qf[n, lo:hi].astype(np.float64), Kf[n, :kend].astype(np.float64)),
             dtype=np.float64,
@@ -236,5 +242,5 @@ def kernel_attention(
         res[empty] = 0.0
         out[n, lo:hi] = res
 
-    map_row_blocks(task, n_seq * nb, block_rows=1)
+    _over_query_blocks(n_seq, Lq, Lk, causal, task)
     return out.reshape(*batch, Lq, dv)
