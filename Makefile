@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,experiments]'
+	$(PY) -m pip install --quiet -e '.[dev,experiments,dask]'
 	touch $(STAMP)
 
 test: $(STAMP)

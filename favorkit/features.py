@@ -28,6 +28,7 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from favorkit import kernels, maps, sampling
+from favorkit._dask import column_sums, is_dask_array, lazy_transform, matrix_input
 from favorkit._kernels.fastexp import exp_inplace
 from favorkit._kernels.feature_maps import (
     RowTerms,
@@ -96,10 +97,14 @@ class _RandomFeatures(TransformerMixin, BaseEstimator):
         """c² with u = c x (gamma for the softmax kernel, 2 gamma for the Gaussian one)."""
         return kernels.get(self.kernel).input_scale_sq(self.gamma_)
 
-    def _draw(self, X):
-        """Validate X, set ``n_features_in_`` and ``gamma_``, and draw ``projection_`` from
-        the kernel's frequency law; return (X, rng)."""
-        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32])
+    def _draw(self, X, keys=None):
+        """Validate X (and ``keys``), set ``n_features_in_`` and ``gamma_``, and draw
+        ``projection_`` from the kernel's frequency law; return (X, keys, rng).
+
+        Dask arrays are not computed unless the fit needs statistics (a fitted map's
+        moments, ``gamma="scale"``): then X and keys come back as their
+        :class:`~favorkit.maps.ColumnSums`, summed in one pass."""
+        X, keys = self._fit_input(X, keys)
         kernel = kernels.get(self.kernel)
         projection = self._resolved_projection()
         kernel.check_projection(projection)
@@ -109,7 +114,30 @@ class _RandomFeatures(TransformerMixin, BaseEstimator):
             projection, self.n_components, X.shape[1], rng, **self._kernel_params()
         )
         self._n_features_out = self._map().width(self.n_components)
-        return X, rng
+        return X, keys, rng
+
+    def _fit_input(self, X, keys=None):
+        if not (is_dask_array(X) or is_dask_array(keys)):
+            X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32])
+            if keys is not None:
+                keys = validate_data(
+                    self, keys, accept_sparse="csr", dtype=[np.float64, np.float32], reset=False
+                )
+            return X, keys
+        X = (matrix_input if is_dask_array(X) else _validate_for_sums)(self, X, reset=True)
+        if keys is not None:
+            keys = (matrix_input if is_dask_array(keys) else _validate_for_sums)(
+                self, keys, reset=False
+            )
+        if self._map().fitted or (isinstance(self.gamma, str) and self.gamma == "scale"):
+            sums = column_sums(X, X if keys is None else keys)
+            X, keys = sums[0], None if keys is None else sums[1]
+        return X, keys
+
+    def _lazy_transform(self, X, **kwargs):
+        """``transform`` of a dask array: a lazy dask array (:mod:`favorkit._dask`)."""
+        check_is_fitted(self)
+        return lazy_transform(self, X, self._n_features_out, **kwargs)
 
     def _validated(self, X, ensure_all_finite=True):
         check_is_fitted(self)
@@ -152,6 +180,11 @@ class _RandomFeatures(TransformerMixin, BaseEstimator):
         tags.input_tags.sparse = True
         tags.transformer_tags.preserves_dtype = ["float64", "float32"]
         return tags
+
+
+def _validate_for_sums(estimator, X, reset):
+    """An in-memory array fitted beside a dask one (X or keys): dense, to be summed."""
+    return validate_data(estimator, X, dtype=[np.float64, np.float32], reset=reset)
 
 
 def _row_sq_norms(X, weights=None):
@@ -400,16 +433,11 @@ class PositiveRandomFeatures(_RandomFeatures):
         -------
         self : PositiveRandomFeatures
         """
-        X, _ = self._draw(X)
+        X, keys, _ = self._draw(X, keys)
         fmap = self._map()
         params = MapParams.identity(X.shape[1])
         if fmap.fitted:
-            if keys is None:
-                Y = X
-            else:
-                Y = validate_data(
-                    self, keys, accept_sparse="csr", dtype=[np.float64, np.float32], reset=False
-                )
+            Y = X if keys is None else keys
             c2 = self._input_scale_sq()
             params = fmap.fit(Moments.of(X, c2), Moments.of(Y, c2))
         self.gerf_a_, self.query_scale_ = params.a, params.psi
@@ -433,6 +461,8 @@ class PositiveRandomFeatures(_RandomFeatures):
         """
         if side not in ("query", "key"):
             raise ValueError(f'side must be "query" or "key", got {side!r}.')
+        if is_dask_array(X):
+            return self._lazy_transform(X, side=side)
         # Dense data are checked for NaN and inf on the fly: a non-finite entry makes its row's
         # norm, hence its row term, non-finite (saves sklearn's separate pass over X).
         X = self._validated(X, ensure_all_finite=sp.issparse(X))
@@ -762,7 +792,7 @@ class OrthogonalRFF(_RandomFeatures):
         -------
         self : OrthogonalRFF
         """
-        _, rng = self._draw(X)
+        _, _, rng = self._draw(X)
         fmap = self._map()
         if isinstance(fmap, maps.CosOffsetMap):
             self.random_offset_ = fmap.draw_offsets(self.n_components, rng)
@@ -781,6 +811,8 @@ class OrthogonalRFF(_RandomFeatures):
         X_new : ndarray of shape (n_samples, 2 * n_components) or (n_samples, n_components)
             Features in X's floating dtype.
         """
+        if is_dask_array(X):
+            return self._lazy_transform(X)
         X = self._validated(X)
         dtype = X.dtype
         n = X.shape[0]
@@ -931,7 +963,10 @@ class ArcCosineFeatures(_RandomFeatures):
         -------
         self : ArcCosineFeatures
         """
-        X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32])
+        if is_dask_array(X):
+            X = matrix_input(self, X, reset=True)  # only its shape is read
+        else:
+            X = validate_data(self, X, accept_sparse="csr", dtype=[np.float64, np.float32])
         rng = sampling.resolve_rng(self.random_state)
         self.projection_ = sampling.draw(self.projection, self.n_components, X.shape[1], rng)
         self._n_features_out = self.n_components
@@ -950,6 +985,8 @@ class ArcCosineFeatures(_RandomFeatures):
         X_new : ndarray of shape (n_samples, n_components)
             Non-negative features in X's floating dtype.
         """
+        if is_dask_array(X):
+            return self._lazy_transform(X)
         X = self._validated(X)
         dtype = X.dtype
         fmap = self._map()

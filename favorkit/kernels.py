@@ -46,6 +46,7 @@ from scipy.spatial import distance
 
 from favorkit import sampling
 from favorkit._typing import ArrayLike, FloatArray, NDArray, ProjectionName, Rng, SparseMatrix
+from favorkit.maps import ColumnSums
 
 __all__ = [
     "KERNELS",
@@ -315,12 +316,17 @@ def arccos_pairs(x: ArrayLike, y: ArrayLike, degree: int = 1) -> NDArray[np.floa
     return (nx * ny) ** degree * arccos_J(theta, degree) / np.pi
 
 
-def resolve_gamma(gamma: float | Literal["scale"], X: FloatArray | SparseMatrix) -> float:
+def resolve_gamma(
+    gamma: float | Literal["scale"], X: FloatArray | SparseMatrix | ColumnSums
+) -> float:
     """``gamma``, or with ``gamma="scale"`` scikit-learn's ``1 / (n_features X.var())``
-    (``RBFSampler``), the variance over all entries of X (sparse: zeros included)."""
+    (``RBFSampler``), the variance over all entries of X (sparse: zeros included; from
+    the sums for :class:`~favorkit.maps.ColumnSums`)."""
     if not (isinstance(gamma, str) and gamma == "scale"):
         return float(gamma)
-    if sp.issparse(X):
+    if isinstance(X, ColumnSums):
+        var = X.variance()
+    elif sp.issparse(X):
         var = X.multiply(X).mean() - X.mean() ** 2  # type: ignore[union-attr]
     else:
         var = np.asarray(X, dtype=np.float64).var()

@@ -71,6 +71,7 @@ __all__ = [
     "MAPS",
     "ActivationMap",
     "ArcCosineMap",
+    "ColumnSums",
     "CosOffsetMap",
     "ExponentialMap",
     "FeatureMap",
@@ -109,8 +110,9 @@ class Moments:
     mean_sq: NDArray[np.float64]
 
     @classmethod
-    def of(cls, X: FloatArray | SparseMatrix, scale_sq: float = 1.0) -> Self:
-        """Moments of ``sqrt(scale_sq) X`` for dense or CSR rows X, in float64.
+    def of(cls, X: FloatArray | SparseMatrix | ColumnSums, scale_sq: float = 1.0) -> Self:
+        """Moments of ``sqrt(scale_sq) X`` for dense or CSR rows X (or their
+        :class:`ColumnSums`), in float64.
 
         Examples
         --------
@@ -119,6 +121,8 @@ class Moments:
         >>> Moments.of(np.array([[1.0, 2.0], [3.0, 2.0]]), scale_sq=4.0).mean_sq
         array([20., 16.])
         """
+        if isinstance(X, ColumnSums):
+            return X.moments(scale_sq)
         with np.errstate(over="ignore", invalid="ignore"):  # fit checks the result
             if sp.issparse(X):
                 # scipy ships no type information: X is not narrowed to a sparse matrix
@@ -141,6 +145,50 @@ class Moments:
         """Moments of ``sqrt(scale_sq) x`` from column sums and sums of squares of ``count``
         unscaled rows (as accumulated in blocks)."""
         return cls(np.sqrt(scale_sq) * sums / count, scale_sq * sums_sq / count)
+
+
+@dataclass(frozen=True)
+class ColumnSums:
+    """Column sums and sums of squares of the rows of a data set, in float64.
+
+    What fitting needs from data that are not in memory (a dask array's rows, summed in one
+    pass over its chunks): the :class:`Moments` of the maps that fit parameters and the
+    variance of ``gamma="scale"``.
+
+    Attributes
+    ----------
+    sums : ndarray of shape (d,)
+    squares : ndarray of shape (d,)
+    count : int
+        The number of rows.
+    """
+
+    sums: NDArray[np.float64]
+    squares: NDArray[np.float64]
+    count: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, columns) of the data summed."""
+        return self.count, self.sums.shape[0]
+
+    def moments(self, scale_sq: float = 1.0) -> Moments:
+        """The :class:`Moments` of ``sqrt(scale_sq) x``.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from favorkit.maps import ColumnSums
+        >>> ColumnSums(np.array([4.0, 4.0]), np.array([10.0, 8.0]), 2).moments(4.0).mean_sq
+        array([20., 16.])
+        """
+        return Moments.from_sums(self.sums, self.squares, self.count, scale_sq)
+
+    def variance(self) -> float:
+        """The variance over all entries (numpy's ``X.var()``), from the sums."""
+        n = self.count * self.sums.shape[0]
+        mean = float(self.sums.sum()) / n
+        return max(float(self.squares.sum()) / n - mean * mean, 0.0)
 
 
 @dataclass(frozen=True)

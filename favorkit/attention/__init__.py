@@ -15,7 +15,9 @@ Four public names:
 The modules behind them, one concern each: ``_inputs`` (shapes, dtypes, checks and the
 parameter constraints the function and the estimator share), ``_exact`` (the reference),
 ``_engine`` (features per block, states per sequence, the threads and the stabilization
-that never leaks nor underflows) and ``_favor`` (the public layer). The feature maps
+that never leaks nor underflows), ``_checks`` (the warnings a call gives about its result),
+``_favor`` (the public layer) and ``_dask`` (the same engine as a task graph over dask
+arrays chunked along the batch and sequence axes). The feature maps
 themselves are those of :mod:`favorkit.maps`.
 """
 

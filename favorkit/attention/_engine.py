@@ -66,11 +66,17 @@ __all__ = [
     "PositiveFeatures",
     "SignedFeatures",
     "Tuning",
+    "causal_chunk",
     "current_tuning",
     "favor_positive",
     "favor_signed",
+    "gerf_parameters",
+    "key_states",
     "mask_keys",
+    "merge_key_states",
     "positive_attention_rows",
+    "read_queries",
+    "sequence_moments",
     "set_gerf_parameters",
     "tuned",
 ]
@@ -430,7 +436,7 @@ class _Call:
     indexed by the sequence, each entry written by one block at a time.
     """
 
-    def __init__(self, Qf, Kf, Vf, mask, features, causal, tuning):
+    def __init__(self, Qf, Kf, Vf, mask, features, causal, tuning, carried=None):
         self.Qf, self.Kf, self.Vf, self.mask = Qf, Kf, Vf, mask
         self.features, self.causal, self.tuning = features, causal, tuning
         self.dtype = features.dtype
@@ -439,6 +445,13 @@ class _Call:
         self.Lk, self.dv = Vf.shape[1:]
         self.e = self.dv + 1
         self.out = np.empty((self.n_seq, self.Lq, self.dv), dtype=self.dtype)
+        # Per sequence, the state carried from block to block (None before the first key):
+        # copies of the states another call left, where a sequence goes on from there.
+        self.carried = (
+            [None] * self.n_seq
+            if carried is None
+            else [None if c is None else _copied(c) for c in carried]
+        )
 
     def rows(self, b, L):
         return b * self.block_rows, min(L, (b + 1) * self.block_rows)
@@ -474,6 +487,30 @@ class _Call:
             n_tail=self.n_seq * self.n_blocks(self.Lq), tail=self._query_task,
         )  # fmt: skip
 
+    def key_states(self):
+        """Only the key fold: every sequence's float64 state over its keys (as
+        :meth:`read` and :func:`merge_key_states` take it)."""
+        self.final = [None] * self.n_seq
+        self.nbk = self.n_blocks(self.Lk)
+        run_blocks(self.n_seq, self.nbk, self._key_state, self._fold)
+        return self.carried
+
+    def read(self, states):
+        """Only the query reads, against key states folded elsewhere."""
+        self.final = [None if s is None else self.final_state(s) for s in states]
+        n_tasks = self.n_seq * self.n_blocks(self.Lq)
+        map_row_blocks(lambda rows: self._query_task(rows.start, _no_wait), n_tasks, 1)
+        return self.out
+
+
+def _copied(state):
+    """A state tuple with its arrays copied (the kernels update states in place)."""
+    return tuple(x.copy() if isinstance(x, np.ndarray) else x for x in state)
+
+
+def _no_wait(n):
+    return True
+
 
 class _SignedCall(_Call):
     """Signed features: a bounded part and a float64 log-constant per key, summed relative
@@ -484,7 +521,6 @@ class _SignedCall(_Call):
         self.n_bad = 0
         self.lock = threading.Lock()
         self.no_cross = np.empty((0, self.e), dtype=self.dtype)
-        self.carried = [None] * self.n_seq
 
     def count(self, k):
         if k:
@@ -517,7 +553,8 @@ class _SignedCall(_Call):
     def _causal_kernel(self, n, b, prepared):
         fq, fk, s, u = prepared
         num, ref = np.empty((fq.shape[0], self.e)), np.empty(fq.shape[0])
-        state, R = (np.zeros((fq.shape[1], self.e)), -np.inf) if b == 0 else self.carried[n]
+        carried = self.carried[n]
+        state, R = (np.zeros((fq.shape[1], self.e)), -np.inf) if carried is None else carried
         R = causal_block(fq, fk, s, u, self.tuning.chunk, self.thresh, state, R, num, ref)
         self.carried[n] = (state, R)
         return num, ref
@@ -545,8 +582,13 @@ class _SignedCall(_Call):
 
     def _fold(self, n, b, pair):
         self.carried[n] = merge_state(self.carried[n], pair)
-        if b == self.nbk - 1 and self.carried[n][1] > -np.inf:
-            self.final[n] = self.carried[n][0].astype(self.dtype)
+        if b == self.nbk - 1:
+            self.final[n] = self.final_state(self.carried[n])
+
+    def final_state(self, pair):
+        """The state queries read, in the GEMM dtype; None if no key is visible."""
+        state, R = pair
+        return state.astype(self.dtype) if R > -np.inf else None
 
     def _query_task(self, j, wait):
         b, n = divmod(j, self.n_seq)
@@ -577,7 +619,6 @@ class _PositiveCall(_Call):
         self.r = self.features.width
         self.thresh = self.tuning.for_dtype(self.tuning.log_gap, self.dtype)
         self.bits = self.tuning.for_dtype(self.tuning.value_bits, self.dtype)
-        self.carried = [None] * self.n_seq
 
     def key_log_features(self, n, lo, hi):
         k, v = self.keys(n, lo, hi)
@@ -590,7 +631,10 @@ class _PositiveCall(_Call):
     def _causal(self):
         # The references each sequence's kernel left after its latest block (a snapshot):
         # a block computes its features against them while the previous block runs.
-        self.published = [None] * self.n_seq
+        self.published = [
+            None if c is None or c[1][0] == -np.inf else (c[1].copy(), c[2].copy())
+            for c in self.carried
+        ]
         r, e, dtype = self.r, self.e, self.dtype
         self.nothing_ahead = (
             np.empty((0, r), dtype=dtype),
@@ -621,7 +665,7 @@ class _PositiveCall(_Call):
     def _causal_kernel(self, n, b, prepared):
         zq, zk, rt, v, guess, ahead = prepared
         lo, hi = self.rows(b, self.Lq)
-        if b == 0:
+        if self.carried[n] is None:
             state, c, kappa = (
                 np.zeros((self.r, self.e)),
                 np.full(self.r, -np.inf),
@@ -662,13 +706,17 @@ class _PositiveCall(_Call):
         return state, c, kappa
 
     def _fold(self, n, b, block):
-        if b == 0:
+        if self.carried[n] is None:
             self.carried[n] = block
         else:
             merge_log_states(*self.carried[n], *block)
         if b == self.nbk - 1:
-            state, c, kappa = self.carried[n]
-            self.final[n] = (state.astype(self.dtype), c, kappa)
+            self.final[n] = self.final_state(self.carried[n])
+
+    def final_state(self, triple):
+        """The state queries read: ``(state in the GEMM dtype, c, kappa)``."""
+        state, c, kappa = triple
+        return state.astype(self.dtype), c, kappa
 
     def _query_task(self, j, wait):
         b, n = divmod(j, self.n_seq)
@@ -689,6 +737,57 @@ def favor_positive(Qf, Kf, Vf, mask, features, causal, tuning):
     """FAVOR attention with an exponential map's features (:class:`PositiveFeatures`), in log
     space, on flattened (N, L, d) inputs."""
     return _PositiveCall(Qf, Kf, Vf, mask, features, causal, tuning).run()
+
+
+def _call(features):
+    return _PositiveCall if isinstance(features, PositiveFeatures) else _SignedCall
+
+
+def causal_chunk(Qf, Kf, Vf, mask, features, tuning, carried):
+    """Causal attention over one chunk of positions of every sequence, going on from the
+    states ``carried`` (per sequence; None at a sequence's start) the previous chunk left.
+
+    Returns ``(out, carried after this chunk, rows set to 0)``; a sequence cut into chunks
+    and run chunk after chunk gives what one call over it gives, bit for bit when every
+    chunk but the last is a multiple of ``tuning.causal_block_rows`` long (the same blocks
+    then meet the same states). The carried state is the kernel's own: ``(state, c,
+    kappa)`` of an exponential map with its per-column references, or ``(state, R)``.
+    """
+    call = _call(features)(Qf, Kf, Vf, mask, features, True, tuning, carried)
+    out = call.run()
+    return out, call.carried, getattr(call, "n_bad", 0)
+
+
+def key_states(Kf, Vf, mask, features, tuning):
+    """Bidirectional attention's key side alone: per sequence, the float64 sum over its
+    keys ``φ(K)ᵀ [V 1]`` with its references (``(state, c, kappa)`` or ``(state, R)``)."""
+    Qf = np.empty((Kf.shape[0], 0, Kf.shape[2]), dtype=features.dtype)
+    return _call(features)(Qf, Kf, Vf, mask, features, False, tuning).key_states()
+
+
+def merge_key_states(first, second):
+    """Key states of two disjoint sets of keys of the same sequences, summed (new arrays:
+    neither input changes). Sums are formed relative to the larger reference, as the
+    engine folds its own blocks, so any order of merging agrees up to round-off."""
+    merged = []
+    for a, b in zip(first, second, strict=True):
+        if len(a) == 2:
+            merged.append(merge_state(a, b))
+        else:
+            a = _copied(a)
+            merge_log_states(*a, *b)
+            merged.append(a)
+    return merged
+
+
+def read_queries(Qf, states, dv, features, tuning):
+    """Bidirectional attention's query side alone, against per-sequence key ``states``
+    (from :func:`key_states`, merged): returns ``(out, rows set to 0)``."""
+    n_seq, _, d = Qf.shape
+    Kf = np.empty((n_seq, 0, d), dtype=features.dtype)
+    Vf = np.empty((n_seq, 0, dv), dtype=features.dtype)
+    call = _call(features)(Qf, Kf, Vf, None, features, False, tuning)
+    return call.read(states), getattr(call, "n_bad", 0)
 
 
 def positive_attention_rows(zq, zk, rt, causal, out):
@@ -745,21 +844,25 @@ def set_gerf_parameters(features, Qf, Kf, mask, causal, fitted):
     fmap = features.map
     if not fmap.fitted:
         return
-    n_seq, _, d = Qf.shape
     if causal:
         if fitted is None:
             raise ValueError(CAUSAL_GERF.format(estimator=fmap.name))
         features.set_params([fitted])
         return
-    sum_q, sq_q, n_q, sum_k, sq_k, n_k = sequence_moments(Qf, Kf, mask)
-    scale = features.scale
-    params = [
+    features.set_params(gerf_parameters(fmap, features.scale, sequence_moments(Qf, Kf, mask)))
+
+
+def gerf_parameters(fmap, scale, moments):
+    """Per sequence, a fitted map's parameters from :func:`sequence_moments` (or their sums
+    over chunks of the sequences); ``A = 0``, ``Ψ = 1`` for a sequence without queries or
+    visible keys."""
+    sum_q, sq_q, n_q, sum_k, sq_k, n_k = moments
+    return [
         fmap.fit(
             Moments.from_sums(sum_q[n], sq_q[n], n_q[n], scale),
             Moments.from_sums(sum_k[n], sq_k[n], n_k[n], scale),
         )
         if n_q[n] and n_k[n]
-        else MapParams.identity(d)
-        for n in range(n_seq)
+        else MapParams.identity(sum_q.shape[1])
+        for n in range(sum_q.shape[0])
     ]
-    features.set_params(params)

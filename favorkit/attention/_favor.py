@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 
-from favorkit import maps, sampling
+from favorkit import sampling
+from favorkit._dask import column_sums, is_dask_array
 from favorkit._typing import (
     ActivationName,
     ArrayLike,
@@ -21,8 +21,7 @@ from favorkit._typing import (
     Self,
 )
 from favorkit._validation import _fit_context, check_is_fitted, validate_data, validate_params
-from favorkit._warnings import AccuracyWarning, warn
-from favorkit.attention._accuracy import quick_noise_ratio
+from favorkit.attention._checks import warn_if_noise, warn_nonpositive
 from favorkit.attention._engine import (
     PositiveFeatures,
     SignedFeatures,
@@ -37,71 +36,35 @@ from favorkit.attention._inputs import (
     ARRAYS,
     PARAMETERS,
     as_array,
+    check_array,
     check_finite,
     prepare,
     resolve_map,
     resolve_scale,
 )
-from favorkit.maps import MapParams, Moments
+from favorkit.maps import MapParams
 
 __all__ = ["FavorAttention", "favor_attention"]
-
-
-def _warn_nonpositive(n_bad, n_rows, fmap):
-    if n_bad:
-        what = "estimator" if fmap.attention_estimator else "activation"
-        positive = ", ".join(repr(name) for name in maps.names("exponential"))
-        warn(
-            f"{n_bad} of {n_rows} query rows had an attention normalizer that was not "
-            f"positive and finite, or an output that was not finite, and were set to 0 "
-            f"({what}={fmap.name!r} has features of either sign or zero features, whose sums "
-            f"can cancel). The positive estimators ({positive}) never do this."
-        )
-
-
-# The accuracy check runs in calls of at least this many feature entries (N L m); its
-# fixed cost (0.5-1 ms) is about 5 % of a call of this size and less in larger ones.
-_CHECK_MIN_WORK = 1 << 22
-
-
-def _warn_if_noise(Qf, Kf, Vf, mask, causal, scale, fmap, m, fitted):
-    """An :class:`~favorkit.AccuracyWarning` when the rough closed-form prediction on a few
-    rows says the output is mostly noise (thresholds in the warning's docstring)."""
-    n_seq, L, _ = Qf.shape
-    if n_seq * L * m < _CHECK_MIN_WORK:
-        return
-    ratio, heavy, needed = quick_noise_ratio(
-        Qf, Kf, Vf, mask, causal, math.sqrt(scale), fmap, m,
-        fitted if (causal and fmap.fitted) else None,
-    )  # fmt: skip
-    if not (ratio >= 1.0 or (heavy and ratio >= 0.5)):
-        return
-    better = "" if fmap.fitted else (
-        ", FAVOR++ (estimator='optimal') or SADERF (estimator='saderf'), whose variance "
-        "grows far slower with |q|, |k|"
-    )  # fmt: skip
-    tails = "; heavy-tailed: a typical draw does better, but any one draw is mostly noise"
-    warn(
-        f"FAVOR attention with m={m} is mostly noise here: the predicted error of an output "
-        f"row is {ratio:.2g} times the spread of the values it averages"
-        f"{tails if heavy else ''}. About m={needed:.2g} projections would bring it to half "
-        "the spread; other remedies: smaller query and key norms (a lower scale; the "
-        f"variance grows like exp(|q̃ + k̃|²)){better}, or exact softmax_attention. "
-        "favorkit.accuracy predicts and measures the error.",
-        AccuracyWarning,
-    )
 
 
 def _attend(
     Q, K, V, projection, *, fmap, causal, scale, key_padding_mask, activation_epsilon,
     fitted_gerf=None,
 ):  # fmt: skip
+    if any(map(is_dask_array, (Q, K, V, key_padding_mask))):
+        from favorkit.attention import _dask
+
+        return _dask.attend(
+            Q, K, V, projection, fmap=fmap, causal=causal, scale=scale,
+            key_padding_mask=key_padding_mask, activation_epsilon=activation_epsilon,
+            fitted_gerf=fitted_gerf,
+        )  # fmt: skip
     Qf, Kf, Vf, mask, batch, dtype = prepare(Q, K, V, key_padding_mask, causal)
     scale = resolve_scale(scale, Qf.shape[2])
     tuning = current_tuning()
     with np.errstate(under="ignore"):
         if fmap.attention_estimator and projection is not None:
-            _warn_if_noise(Qf, Kf, Vf, mask, causal, scale, fmap, projection.shape[0], fitted_gerf)
+            warn_if_noise(Qf, Kf, Vf, mask, causal, scale, fmap, projection.shape[0], fitted_gerf)
         if fmap.exponential:
             features = PositiveFeatures(fmap, projection, scale, dtype)
             set_gerf_parameters(features, Qf, Kf, mask, causal, fitted_gerf)
@@ -109,7 +72,7 @@ def _attend(
         else:
             features = SignedFeatures(fmap, projection, scale, activation_epsilon, dtype)
             out, n_bad = favor_signed(Qf, Kf, Vf, mask, features, causal, tuning)
-            _warn_nonpositive(n_bad, Qf.shape[0] * Qf.shape[1], fmap)
+            warn_nonpositive(n_bad, Qf.shape[0] * Qf.shape[1], fmap)
     return out.reshape(*batch, Qf.shape[1], Vf.shape[2])
 
 
@@ -381,9 +344,10 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         ndim = getattr(X, "ndim", None)
         if ndim is None and isinstance(X, (list, tuple)):
             ndim = np.ndim(X)
-        if not (ndim is not None and ndim > 2):
+        dask = is_dask_array(X)
+        if not (ndim is not None and ndim > 2) and not dask:
             return validate_data(self, X, dtype=[np.float64, np.float32], reset=reset)
-        X = as_array(X, "X")
+        X = check_array(X, "X") if dask else as_array(X, "X")  # a dask array stays lazy
         if reset:
             self.n_features_in_ = X.shape[-1]
         elif X.shape[-1] != self.n_features_in_:
@@ -441,14 +405,9 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         params = MapParams.identity(d)
         if fmap.fitted:
             Y = X if keys is None else self._validate_X(keys, reset=False)
-            rows = []
-            for R, name in ((X, "X"), (Y, "keys")):
-                R = np.asarray(R, dtype=np.float64).reshape(-1, d)
-                check_finite(R, name)
-                sums = R.sum(axis=0, dtype=np.float64)
-                squares = np.einsum("ij,ij->j", R, R, dtype=np.float64)
-                rows.append(Moments.from_sums(sums, squares, R.shape[0], self.scale_))
-            params = fmap.fit(*rows)
+            # One pass over the rows (dask arrays: over their chunks, both together).
+            sums = column_sums(X.reshape(-1, d), Y.reshape(-1, d), names=("X", "keys"))
+            params = fmap.fit(*(s.moments(self.scale_) for s in sums))
         self.causal_gerf_a_, self.causal_query_scale_ = params.a, params.psi
         self._draw()
         return self
@@ -638,7 +597,7 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             n_bad += int((seen & ~ok).sum())
             a[~ok] = 0.0
             A[n] = a
-        _warn_nonpositive(n_bad, n_seq * Lq, fmap)
+        warn_nonpositive(n_bad, n_seq * Lq, fmap)
         return A.reshape(*batch, Lq, Lk)
 
     def __sklearn_tags__(self):

@@ -14,7 +14,11 @@ __all__ = [
     "ARRAYS",
     "PARAMETERS",
     "as_array",
+    "check_array",
     "check_finite",
+    "check_shapes",
+    "float_dtype",
+    "mask_shape",
     "max_abs",
     "prepare",
     "resolve_map",
@@ -43,7 +47,12 @@ ARRAYS = {
 
 
 def as_array(X, name):
-    X = np.asarray(X)
+    return check_array(np.asarray(X), name)
+
+
+def check_array(X, name):
+    """A real numeric array with at least 2 dimensions (numpy or dask: only ``dtype`` and
+    ``shape`` are read)."""
     if X.dtype.kind not in "fiu" or X.dtype.kind == "b":
         raise ValueError(f"{name} must be a real numeric array, got dtype {X.dtype}.")
     if X.ndim < 2:
@@ -60,9 +69,8 @@ def float_dtype(*arrays):
     return np.dtype(np.float64)
 
 
-def prepare(Q, K, V, key_padding_mask, causal):
-    """Validate shapes, pick the dtype, flatten the batch axes: (N, L, d) views."""
-    Q, K, V = as_array(Q, "Q"), as_array(K, "K"), as_array(V, "V")
+def check_shapes(Q, K, V, causal):
+    """The shape rules of attention's inputs (checked arrays); returns the batch axes."""
     batch = Q.shape[:-2]
     if K.shape[:-2] != batch or V.shape[:-2] != batch:
         raise ValueError(
@@ -85,26 +93,41 @@ def prepare(Q, K, V, key_padding_mask, causal):
         raise ValueError(
             f"Causal attention needs as many queries as keys, got L_q={Lq} and L_k={Lk}."
         )
+    return batch
+
+
+def mask_shape(mask, K_shape):
+    """The shape that broadcasts ``key_padding_mask`` (numpy or dask) to ``(*batch, L_k)``:
+    a shorter leading shape is broadcast over the trailing batch axes (the heads), not
+    numpy's leading ones."""
+    if mask.dtype != np.bool_:
+        raise ValueError(
+            "key_padding_mask must be a boolean array (True = padded key, PyTorch's "
+            f"nn.MultiheadAttention convention), got dtype {mask.dtype}."
+        )
+    batch, Lk = K_shape[:-2], K_shape[-2]
+    lead = mask.shape[:-1]
+    if mask.ndim < 1 or mask.shape[-1] != Lk or lead != batch[: len(lead)]:
+        raise ValueError(
+            f"key_padding_mask has shape {mask.shape}; with K of shape {K_shape} it must "
+            f"be (L_k,) = ({Lk},) or (*batch[:k], L_k), e.g. {(*batch, Lk)} or "
+            f"{(*batch[:1], Lk)} (broadcast over the heads)."
+        )
+    return lead + (1,) * (len(batch) - len(lead)) + (Lk,)
+
+
+def prepare(Q, K, V, key_padding_mask, causal):
+    """Validate shapes, pick the dtype, flatten the batch axes: (N, L, d) views."""
+    Q, K, V = as_array(Q, "Q"), as_array(K, "K"), as_array(V, "V")
+    batch = check_shapes(Q, K, V, causal)
+    Lk = K.shape[-2]
     dtype = float_dtype(Q, K, V)
     n = math.prod(batch)
     Qf, Kf, Vf = (np.ascontiguousarray(X, dtype=dtype).reshape(n, *X.shape[-2:]) for X in (Q, K, V))
     mask = None
     if key_padding_mask is not None:
         mask = np.asarray(key_padding_mask)
-        if mask.dtype != np.bool_:
-            raise ValueError(
-                "key_padding_mask must be a boolean array (True = padded key, PyTorch's "
-                f"nn.MultiheadAttention convention), got dtype {mask.dtype}."
-            )
-        lead = mask.shape[:-1]
-        if mask.ndim < 1 or mask.shape[-1] != Lk or lead != batch[: len(lead)]:
-            raise ValueError(
-                f"key_padding_mask has shape {mask.shape}; with K of shape {K.shape} it must "
-                f"be (L_k,) = ({Lk},) or (*batch[:k], L_k), e.g. {(*batch, Lk)} or "
-                f"{(*batch[:1], Lk)} (broadcast over the heads)."
-            )
-        # Broadcast over the trailing batch axes (the heads), not numpy's leading ones.
-        full = mask.reshape(lead + (1,) * (len(batch) - len(lead)) + (Lk,))
+        full = mask.reshape(mask_shape(mask, K.shape))
         mask = np.ascontiguousarray(np.broadcast_to(full, (*batch, Lk))).reshape(n, Lk)
         if not mask.any():
             mask = None
