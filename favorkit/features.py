@@ -420,8 +420,10 @@ class PositiveRandomFeatures(_RandomFeatures):
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            Training data: the queries (the first argument of the kernel).
+        X : {array-like, sparse matrix, dask array} of shape (n_samples, n_features)
+            Training data: the queries (the first argument of the kernel). Of a dask array
+            only the shape is read, unless the fit needs its moments (FAVOR++, SADERF) or
+            variance (``gamma="scale"``): those are summed in one pass over its chunks.
         y : array-like or None, default=None
             Ignored (keeps the transformer usable in a Pipeline).
         keys : {array-like, sparse matrix} of shape (n_keys, n_features), default=None
@@ -448,8 +450,9 @@ class PositiveRandomFeatures(_RandomFeatures):
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            New data, float32 or float64 (other dtypes become float64).
+        X : {array-like, sparse matrix, dask array} of shape (n_samples, n_features)
+            New data, float32 or float64 (other dtypes become float64). A dask array gives
+            a lazy dask array with the same row chunks.
         side : {"query", "key"}, default="query"
             Which argument of the kernel X is. Only ``"saderf"`` maps the two sides
             differently; the other estimators ignore it.
@@ -803,8 +806,9 @@ class OrthogonalRFF(_RandomFeatures):
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            New data, float32 or float64 (other dtypes become float64).
+        X : {array-like, sparse matrix, dask array} of shape (n_samples, n_features)
+            New data, float32 or float64 (other dtypes become float64). A dask array gives
+            a lazy dask array with the same row chunks.
 
         Returns
         -------
@@ -977,8 +981,9 @@ class ArcCosineFeatures(_RandomFeatures):
 
         Parameters
         ----------
-        X : {array-like, sparse matrix} of shape (n_samples, n_features)
-            New data, float32 or float64 (other dtypes become float64).
+        X : {array-like, sparse matrix, dask array} of shape (n_samples, n_features)
+            New data, float32 or float64 (other dtypes become float64). A dask array gives
+            a lazy dask array with the same row chunks.
 
         Returns
         -------

@@ -139,8 +139,11 @@ def favor_attention(
 
     Parameters
     ----------
-    Q : array-like of shape (..., L_q, d)
-        Queries, with any leading batch and head axes.
+    Q : array-like or dask array of shape (..., L_q, d)
+        Queries, with any leading batch and head axes. With dask arrays (any of Q, K, V
+        and the mask) the result is a lazy dask array chunked as Q along the batch, head
+        and sequence axes (bidirectional: a tree of key states; causal: a chained scan
+        over the sequence chunks; see the "Scaling out" guide).
     K : array-like of shape (..., L_k, d)
         Keys.
     V : array-like of shape (..., L_k, d_v)
@@ -175,7 +178,7 @@ def favor_attention(
 
     Returns
     -------
-    out : ndarray of shape (..., L_q, d_v)
+    out : ndarray or dask array of shape (..., L_q, d_v)
         float32 if all inputs are float32, else float64.
 
     See Also
@@ -457,7 +460,9 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
         Parameters
         ----------
-        Q : array-like of shape (..., L_q, d)
+        Q : array-like or dask array of shape (..., L_q, d)
+            Dask arrays (any of Q, K, V and the mask) give a lazy dask array, as in
+            :func:`favor_attention`.
         K : array-like of shape (..., L_k, d)
         V : array-like of shape (..., L_k, d_v)
         causal : bool or None, default=None
@@ -467,7 +472,7 @@ class FavorAttention(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        out : ndarray of shape (..., L_q, d_v)
+        out : ndarray or dask array of shape (..., L_q, d_v)
         """
         check_is_fitted(self)
         self._check_d(Q)
