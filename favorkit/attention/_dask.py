@@ -207,8 +207,11 @@ def attend(
         mask = _as_dask(key_padding_mask, "key_padding_mask")
         mask = mask.reshape(mask_shape(mask, K.shape))
         mask = da.broadcast_to(mask, (*batch, K.shape[-2])).rechunk(K.chunks[:-1])
-    q_blocks, k_blocks, v_blocks = (X.to_delayed()[..., 0] for X in (Q, K, V))
-    m_blocks = None if mask is None else mask.to_delayed()
+    # Not optimized one by one: Q, K and V often share their inputs (one block of data, or
+    # X projected three ways), which per-array fusion would compute once for each of them.
+    # The graph is optimized as a whole when the result is computed.
+    q_blocks, k_blocks, v_blocks = (X.to_delayed(optimize_graph=False)[..., 0] for X in (Q, K, V))
+    m_blocks = None if mask is None else mask.to_delayed(optimize_graph=False)
     n_q, n_k = len(Q.chunks[nb]), len(K.chunks[nb])
     spec_key = dask.delayed(spec, pure=True)
 
