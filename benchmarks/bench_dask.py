@@ -1,21 +1,22 @@
 """favorkit on a Dask cluster: out-of-core features and training, one long causal sequence.
 
-Each part starts its own ``LocalCluster`` of 2 worker processes (one thread each, on this
-2-core machine), so that every worker's peak resident memory (``ru_maxrss``) belongs to that
-part alone.
+Each part starts its own ``LocalCluster`` of 2 worker processes (one dask thread each, on
+this 2-core machine), so that every worker's peak resident memory (``VmHWM``) belongs to
+that part alone.
 
 1. **Out-of-core features.** ``N = 2**26`` rows x 64 float64 (34 GB: more than this
    machine's 24 GiB) are generated lazily, chunk by chunk (``2**16`` rows), and mapped by
-   ``OrthogonalRFF(256)`` (512 ``[cos, sin]`` columns) through its lazy dask ``transform``;
-   the consumer sums the features per column, so nothing is kept. The transform's share is
-   the wall time of this pass less that of the same pass without the transform (generation
-   and sum only), measured in the same run; its throughput per core is compared with the
-   in-memory transform's (one process, favorkit's own threads on both cores, data in memory).
-   Target: >= 0.8x.
-2. **Out-of-core training.** The same rows and features feed ``SGDClassifier.partial_fit``
-   in a chain over the chunks (the model moves from task to task, the features stay where
-   they are made, at most a few chunks in flight: the pattern of dask-ml's ``Incremental``).
-   Reported: rows per second and the share of the time spent in ``partial_fit``.
+   ``OrthogonalRFF(256)`` (512 ``[cos, sin]`` columns, 256 GB in all) through its lazy dask
+   ``transform``; the consumer keeps one row per chunk, so nothing accumulates. The
+   transform's share is the wall time of this pass less that of the same pass without the
+   transform (generation only), interleaved in the same run; its throughput per core is
+   compared with the in-memory transform's (one process, favorkit's threads on both cores,
+   2**17 rows in memory). Target: >= 0.8x, with peak RSS per worker < 2 GiB.
+2. **Out-of-core training.** The same rows and their features feed
+   ``SGDClassifier.partial_fit`` in a chain over the chunks (the model moves from task to
+   task, the features stay where they are made, at most a few chunks in flight: the
+   pattern of dask-ml's ``Incremental``), on labels from a random hyperplane. Reported:
+   rows per second, held-out accuracy, peak RSS per worker.
 3. **One causal sequence.** ``L = 2**23`` positions (d = 64, m = 256, float32) in chunks of
    ``2**20``: favorkit's chained scan carries each chunk's state to the next; against the
    in-memory ``attend`` over the whole sequence (8 GB of arrays in one process), per token.
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import argparse
 import functools
-import resource
+import os
 import sys
 import time
 import warnings
@@ -75,43 +76,78 @@ def _rows_block(block_id=None, n=ROW_CHUNK, dtype=np.float64):
     return _chunk(n, block_id[0], dtype)
 
 
+def _peak_rss():
+    """This process's peak resident memory in GiB: VmHWM, which starts afresh at exec (the
+    ``ru_maxrss`` of a spawned process also counts its parent's memory when it forked)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20  # KiB -> GiB
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
 def peak_rss(client):
     """Peak resident memory of each worker process, in GiB."""
-
-    def rss():
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
-
-    return sorted(client.run(rss).values())
+    return sorted(client.run(_peak_rss).values())
 
 
-def cluster(numba_threads, memory_limit="4GiB", spill=True):
+# Dask starts its workers with MALLOC_TRIM_THRESHOLD_=65536, to hand freed memory back to
+# the system. Setting it turns off glibc's adaptive mmap threshold, so every temporary above
+# 128 KiB is a fresh mmap whose pages fault in on first touch: the attention engine's block
+# temporaries (about 1 MiB each) then run it 2x slower. ``--dask-malloc`` keeps dask's setting.
+DASK_MALLOC = False
+
+
+def cluster(threads, n_workers=2, memory_limit="4GiB", spill=True):
+    """Worker processes of one dask thread each, which runs ``threads`` Numba and BLAS
+    threads; ``spill=False`` pauses a worker at 80 % of its memory instead of spilling."""
     import dask
     from dask.distributed import Client, LocalCluster
 
-    # NUMBA_NUM_THREADS must be in a worker's environment before it starts: the spawned
-    # process imports this script, hence numba, before the nanny's `env` would apply.
-    # The scan consumes one chunk after another while inputs are produced ahead: a worker
-    # pauses at 80 % of its memory limit, which keeps the producers a few chunks ahead.
-    environ = {"NUMBA_NUM_THREADS": str(numba_threads)}
-    config = {"distributed.nanny.pre-spawn-environ": environ}
+    # A spawned worker imports this script, hence numba, before its nanny's `env` applies,
+    # so the thread counts must already be in the environment it inherits. Dask's
+    # `pre-spawn-environ` config would do that once, but it yields to os.environ, which the
+    # first nanny has set: set os.environ itself, for the workers of this cluster only.
+    config = {}
     if not spill:  # back-pressure by pausing only: no round trips through the disk
-        config |= {"distributed.worker.memory.target": False,
-                   "distributed.worker.memory.spill": False}  # fmt: skip
-    with dask.config.set(config):
-        lc = LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-            memory_limit=memory_limit,
-        )  # fmt: skip
+        config = {"distributed.worker.memory.target": False,
+                  "distributed.worker.memory.spill": False}  # fmt: skip
+    names = ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    environ = dict.fromkeys(names, str(threads))
+    if not DASK_MALLOC:
+        config["distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"] = None
+        environ["MALLOC_TRIM_THRESHOLD_"] = None
+    saved = {name: os.environ.get(name) for name in environ}
+    _set_environ(environ)
+    try:
+        with dask.config.set(config):
+            lc = LocalCluster(
+                n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                memory_limit=memory_limit,
+            )  # fmt: skip
+    finally:
+        _set_environ(saved)
     client = Client(lc)
-    threads = set(client.run(_numba_threads).values())
-    assert threads == {numba_threads}, threads
+    counts = set(client.run(_threads).values())
+    assert counts == {(threads, threads)}, f"(numba, BLAS) threads per worker: {counts}"
+    trim = set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values())
+    assert trim == ({"65536"} if DASK_MALLOC else {None}), trim
     return lc, client
 
 
-def _numba_threads():
-    import numba
+def _set_environ(values):
+    for name, value in values.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
-    return numba.get_num_threads()
+
+def _threads():
+    import numba
+    from threadpoolctl import threadpool_info
+
+    return numba.get_num_threads(), max(pool["num_threads"] for pool in threadpool_info())
 
 
 def rows_array(n_rows):
@@ -134,12 +170,21 @@ def in_memory_transform_seconds_per_row(est, repeats=7):
     return float(np.median(times)) / X.shape[0]
 
 
+def _first_row(block):
+    return block[:1].copy()  # a copy: a view would keep the whole chunk alive
+
+
+def first_rows(A):
+    """One row of each chunk: a consumer that costs nothing, so that a pass's time is that
+    of making the chunks."""
+    return A.map_blocks(_first_row, chunks=((1,) * A.numblocks[0], (A.shape[1],)))
+
+
 def features_part(n_rows, est):
-    lc, client = cluster(numba_threads=1)
+    lc, client = cluster(threads=1)
     try:
         X = rows_array(n_rows)
-        passes = {"generate + sum": X.sum(axis=0), "generate + transform + sum": None}
-        passes["generate + transform + sum"] = est.transform(X).sum(axis=0)
+        passes = {"generate": first_rows(X), "generate + transform": first_rows(est.transform(X))}
         walls = {name: [] for name in passes}
         for _ in range(3):  # interleaved, medians
             for name, job in passes.items():
@@ -166,7 +211,7 @@ def training_part(n_rows, est, window=4):
     import dask
     from sklearn.linear_model import SGDClassifier
 
-    lc, client = cluster(numba_threads=1)
+    lc, client = cluster(threads=1)
     try:
         X = rows_array(n_rows)
         w = np.random.default_rng(1).standard_normal(D)
@@ -192,40 +237,45 @@ def training_part(n_rows, est, window=4):
         lc.close()
 
 
-def _sequence_block(block_id=None):
-    """Q, K and V of one chunk of positions, made together (one task, so the chunk's scan
-    step finds all three on one worker): float32 rows of norm about 1."""
-    i = block_id[1]
-    out = np.empty((3, SEQ_CHUNK, D), dtype=np.float32)
-    for w in range(3):
-        _chunk(SEQ_CHUNK, 3 * i + w, np.float32, out=out[w], scale=0.125)
-    return out
+def _sequence_block(which, block_id=None):
+    """Chunk ``block_id[0]`` of the sequence's queries, keys or values (``which`` = 0, 1,
+    2): float32 rows of norm about 1."""
+    out = np.empty((SEQ_CHUNK, D), dtype=np.float32)
+    return _chunk(SEQ_CHUNK, 3 * block_id[0] + which, np.float32, out=out, scale=0.125)
 
 
 def causal_part(seq):
+    import dask
     import dask.array as da
 
     att = FavorAttention(M, causal=True, random_state=0).fit(np.zeros((1, D)))
     n_chunks = seq // SEQ_CHUNK
-    stacked = da.map_blocks(
-        _sequence_block, chunks=((3,), (SEQ_CHUNK,) * n_chunks, (D,)), dtype=np.float32,
-        meta=np.empty((0, 0, 0), np.float32),
-    )  # fmt: skip
-    lazy = stacked[0], stacked[1], stacked[2]
-    lc, client = cluster(numba_threads=2, memory_limit="2GiB", spill=False)
+    chunks = ((SEQ_CHUNK,) * n_chunks, (D,))
+    meta = np.empty((0, 0), np.float32)
+    lazy = [
+        da.map_blocks(_sequence_block, which, chunks=chunks, dtype=np.float32, meta=meta)
+        for which in range(3)
+    ]
+    lc, client = cluster(threads=2, n_workers=1, memory_limit="4GiB", spill=False)
     try:
-        job = att.attend(*lazy).sum(axis=0)
-        job.compute()  # compile in the workers
+        # Consumed chunk by chunk (one small result per chunk): one reduction over the whole
+        # output would let dask keep every output chunk until the chain ends.
+        out = att.attend(*lazy)
+        job = [out.blocks[i].sum(axis=0) for i in range(n_chunks)]
+        dask.compute(*job)  # compile in the workers
         walls = []
         for _ in range(3):
             t = time.perf_counter()
-            job.compute()
+            dask.compute(*job)
             walls.append(time.perf_counter() - t)
         rss = peak_rss(client)
     finally:
         client.close()
         lc.close()
-    Q, K, V = np.concatenate([_sequence_block((0, i)) for i in range(n_chunks)], axis=1)
+    Q, K, V = (
+        np.concatenate([_sequence_block(which, (i,)) for i in range(n_chunks)])
+        for which in range(3)
+    )
     att.attend(Q[:SEQ_CHUNK], K[:SEQ_CHUNK], V[:SEQ_CHUNK])
     memory = []
     for _ in range(3):
@@ -235,47 +285,77 @@ def causal_part(seq):
     return float(np.median(walls)), float(np.median(memory)), rss
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the full sizes")
-    args = parser.parse_args()
-    n_rows = max(ROW_CHUNK * 4, int(ROWS * args.scale) // ROW_CHUNK * ROW_CHUNK)
-    seq = max(SEQ_CHUNK * 4, int(SEQ * args.scale) // SEQ_CHUNK * SEQ_CHUNK)
-    warnings.simplefilter("ignore")
-    est = OrthogonalRFF(M, gamma=GAMMA, random_state=0)
-    est.fit(np.zeros((1, D)))
-    per_row = in_memory_transform_seconds_per_row(est)
+def _gib(values):
+    return ", ".join(f"{v:.2f}" for v in values) + " GiB"
+
+
+def run_features(n_rows, est, record):
     print(f"rows={n_rows} x {D} float64 ({n_rows * D * 8 / 1e9:.1f} GB), chunks of {ROW_CHUNK}")
+    before = in_memory_transform_seconds_per_row(est)
     walls, rss = features_part(n_rows, est)
-    transform_wall = walls["generate + transform + sum"] - walls["generate + sum"]
-    ratio = (per_row * n_rows / N_CORES) / transform_wall  # throughput per core, cluster/memory
+    # The faster of the in-memory medians before and after: the harder comparison.
+    per_row = min(before, in_memory_transform_seconds_per_row(est))
+    transform_wall = walls["generate + transform"] - walls["generate"]
+    # Both run on the machine's N_CORES cores (one worker process per core, or favorkit's
+    # threads in one process), so the ratio of throughputs per core is that of wall times.
+    ratio = per_row * n_rows / transform_wall
     print(f"  in memory: {1e9 * per_row:.0f} ns per row on {N_CORES} cores")
     for name, wall in walls.items():
         print(f"  {name}: {wall:.1f} s (median of 3)")
     print(f"  transform throughput per core, cluster / in memory: {ratio:.2f} (target >= 0.8)")
-    print(f"  peak RSS per worker: {', '.join(f'{r:.2f}' for r in rss)} GiB (target < 2)")
-    train_wall, accuracy, train_rss = training_part(n_rows, est)
-    print(f"  training: {train_wall:.1f} s, {n_rows / train_wall / 1e6:.2f} M rows/s, "
-          f"held-out accuracy {accuracy:.3f}, peak RSS {', '.join(f'{r:.2f}' for r in train_rss)}"
-          " GiB")  # fmt: skip
+    print(f"  peak RSS per worker: {_gib(rss)} (target < 2)")
+    record.update(
+        rows=n_rows, row_chunk=ROW_CHUNK, in_memory_seconds_per_row=per_row,
+        feature_passes=walls, transform_ratio_per_core=ratio, features_peak_rss_gib=rss,
+    )  # fmt: skip
+
+
+def run_training(n_rows, est, record):
+    wall, accuracy, rss = training_part(n_rows, est)
+    print(f"training on {n_rows} rows: {wall:.1f} s, {n_rows / wall / 1e6:.2f} M rows/s, "
+          f"held-out accuracy {accuracy:.3f}, peak RSS per worker {_gib(rss)}")  # fmt: skip
+    record.update(
+        rows=n_rows, training_seconds=wall, training_accuracy=accuracy,
+        training_peak_rss_gib=rss,
+    )  # fmt: skip
+
+
+def run_causal(seq, record):
     print(f"causal L={seq}, d={D}, m={M}, float32, chunks of {SEQ_CHUNK}")
-    dask_wall, memory_wall, seq_rss = causal_part(seq)
+    dask_wall, memory_wall, rss = causal_part(seq)
     print(f"  in memory {memory_wall:.1f} s, on dask {dask_wall:.1f} s (medians of 3): "
           f"{dask_wall / memory_wall:.2f}x per token (target <= 1.3)")  # fmt: skip
-    print(f"  peak RSS per worker: {', '.join(f'{r:.2f}' for r in seq_rss)} GiB (target < 2)")
-    path = save(
-        "dask",
-        {
-            "rows": n_rows, "row_chunk": ROW_CHUNK, "d": D, "m": M,
-            "in_memory_seconds_per_row": per_row, "feature_passes": walls,
-            "transform_ratio_per_core": ratio, "features_peak_rss_gib": rss,
-            "training_seconds": train_wall, "training_accuracy": accuracy,
-            "training_peak_rss_gib": train_rss,
-            "sequence": seq, "sequence_chunk": SEQ_CHUNK, "causal_dask_seconds": dask_wall,
-            "causal_memory_seconds": memory_wall, "causal_peak_rss_gib": seq_rss,
-        },
+    print(f"  peak RSS per worker: {_gib(rss)} (target < 2)")
+    record.update(
+        sequence=seq, sequence_chunk=SEQ_CHUNK, causal_dask_seconds=dask_wall,
+        causal_memory_seconds=memory_wall, causal_peak_rss_gib=rss,
     )  # fmt: skip
-    print(f"written to {path}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the full sizes")
+    parts = ("features", "training", "causal")
+    parser.add_argument("--parts", nargs="+", choices=parts, default=parts, help="parts to run")
+    parser.add_argument(
+        "--dask-malloc", action="store_true",
+        help="keep dask's MALLOC_TRIM_THRESHOLD_=65536 in the workers (2x slower attention)",
+    )  # fmt: skip
+    args = parser.parse_args()
+    global DASK_MALLOC
+    DASK_MALLOC = args.dask_malloc
+    n_rows = max(ROW_CHUNK * 4, int(ROWS * args.scale) // ROW_CHUNK * ROW_CHUNK)
+    seq = max(SEQ_CHUNK * 4, int(SEQ * args.scale) // SEQ_CHUNK * SEQ_CHUNK)
+    warnings.simplefilter("ignore")
+    est = OrthogonalRFF(M, gamma=GAMMA, random_state=0).fit(np.zeros((1, D)))
+    record = {"d": D, "m": M, "scale": args.scale, "dask_malloc": DASK_MALLOC}
+    if "features" in args.parts:
+        run_features(n_rows, est, record)
+    if "training" in args.parts:
+        run_training(n_rows, est, record)
+    if "causal" in args.parts:
+        run_causal(seq, record)
+    print(f"written to {save('dask', record)}")
     return 0
 
 
