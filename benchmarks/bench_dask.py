@@ -1,8 +1,9 @@
 """favorkit on a Dask cluster: out-of-core features and training, one long causal sequence.
 
-Each part starts its own ``LocalCluster`` of 2 worker processes (one dask thread each, on
-this 2-core machine), so that every worker's peak resident memory (``VmHWM``) belongs to
-that part alone.
+Each part starts its own ``LocalCluster`` of worker processes (one dask thread each, on
+this 2-core machine: two single-threaded workers, or for the causal chain one worker with
+both cores), so that every worker's peak resident memory (``VmHWM``) belongs to that part
+alone.
 
 1. **Out-of-core features.** ``N = 2**26`` rows x 64 float64 (34 GB: more than this
    machine's 24 GiB) are generated lazily, chunk by chunk (``2**16`` rows), and mapped by
@@ -59,11 +60,11 @@ def _base(dtype):
     return np.random.default_rng(0).standard_normal((TILE, D)).astype(dtype)
 
 
-def _chunk(n, i, dtype, out=None, scale=1.0):
+def _chunk(n, i, dtype, scale=1.0):
     """Chunk ``i`` of ``n`` rows: tiles of the cached rows, each tile scaled and shifted by
     its own random numbers (two passes over the output, no temporary of its size)."""
     rng = np.random.default_rng(i + 1)
-    out = np.empty((n, D), dtype=dtype) if out is None else out
+    out = np.empty((n, D), dtype=dtype)
     base = _base(dtype)
     for a in range(0, n, TILE):
         rows = slice(a, min(n, a + TILE))
@@ -94,13 +95,11 @@ def peak_rss(client):
 # Dask starts its workers with MALLOC_TRIM_THRESHOLD_=65536, to hand freed memory back to
 # the system. Setting it turns off glibc's adaptive mmap threshold, so every temporary above
 # 128 KiB is a fresh mmap whose pages fault in on first touch: the attention engine's block
-# temporaries (about 1 MiB each) then run it 2x slower. ``--dask-malloc`` keeps dask's setting.
-DASK_MALLOC = False
-
-
-def cluster(threads, n_workers=2, memory_limit="4GiB", spill=True):
-    """Worker processes of one dask thread each, which runs ``threads`` Numba and BLAS
-    threads; ``spill=False`` pauses a worker at 80 % of its memory instead of spilling."""
+# temporaries (about 1 MiB each) then run it 2x slower. ``dask_malloc=True`` (the command
+# line's ``--dask-malloc``) keeps dask's setting.
+def cluster(threads, dask_malloc, n_workers=2):
+    """Worker processes of one dask thread each (4 GiB each), which runs ``threads`` Numba
+    and BLAS threads."""
     import dask
     from dask.distributed import Client, LocalCluster
 
@@ -109,12 +108,9 @@ def cluster(threads, n_workers=2, memory_limit="4GiB", spill=True):
     # `pre-spawn-environ` config would do that once, but it yields to os.environ, which the
     # first nanny has set: set os.environ itself, for the workers of this cluster only.
     config = {}
-    if not spill:  # back-pressure by pausing only: no round trips through the disk
-        config = {"distributed.worker.memory.target": False,
-                  "distributed.worker.memory.spill": False}  # fmt: skip
     names = ("NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
     environ = dict.fromkeys(names, str(threads))
-    if not DASK_MALLOC:
+    if not dask_malloc:
         config["distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_"] = None
         environ["MALLOC_TRIM_THRESHOLD_"] = None
     saved = {name: os.environ.get(name) for name in environ}
@@ -123,7 +119,7 @@ def cluster(threads, n_workers=2, memory_limit="4GiB", spill=True):
         with dask.config.set(config):
             lc = LocalCluster(
                 n_workers=n_workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                memory_limit=memory_limit,
+                memory_limit="4GiB",
             )  # fmt: skip
     finally:
         _set_environ(saved)
@@ -131,7 +127,7 @@ def cluster(threads, n_workers=2, memory_limit="4GiB", spill=True):
     counts = set(client.run(_threads).values())
     assert counts == {(threads, threads)}, f"(numba, BLAS) threads per worker: {counts}"
     trim = set(client.run(os.environ.get, "MALLOC_TRIM_THRESHOLD_").values())
-    assert trim == ({"65536"} if DASK_MALLOC else {None}), trim
+    assert trim == ({"65536"} if dask_malloc else {None}), trim
     return lc, client
 
 
@@ -180,8 +176,8 @@ def first_rows(A):
     return A.map_blocks(_first_row, chunks=((1,) * A.numblocks[0], (A.shape[1],)))
 
 
-def features_part(n_rows, est):
-    lc, client = cluster(threads=1)
+def features_part(n_rows, est, dask_malloc):
+    lc, client = cluster(threads=1, dask_malloc=dask_malloc)
     try:
         X = rows_array(n_rows)
         passes = {"generate": first_rows(X), "generate + transform": first_rows(est.transform(X))}
@@ -207,11 +203,11 @@ def _labels(block, w):
     return (block @ w > 0).astype(np.int8)
 
 
-def training_part(n_rows, est, window=4):
+def training_part(n_rows, est, dask_malloc, window=4):
     import dask
     from sklearn.linear_model import SGDClassifier
 
-    lc, client = cluster(threads=1)
+    lc, client = cluster(threads=1, dask_malloc=dask_malloc)
     try:
         X = rows_array(n_rows)
         w = np.random.default_rng(1).standard_normal(D)
@@ -240,11 +236,10 @@ def training_part(n_rows, est, window=4):
 def _sequence_block(which, block_id=None):
     """Chunk ``block_id[0]`` of the sequence's queries, keys or values (``which`` = 0, 1,
     2): float32 rows of norm about 1."""
-    out = np.empty((SEQ_CHUNK, D), dtype=np.float32)
-    return _chunk(SEQ_CHUNK, 3 * block_id[0] + which, np.float32, out=out, scale=0.125)
+    return _chunk(SEQ_CHUNK, 3 * block_id[0] + which, np.float32, scale=0.125)
 
 
-def causal_part(seq):
+def causal_part(seq, dask_malloc):
     import dask
     import dask.array as da
 
@@ -256,7 +251,7 @@ def causal_part(seq):
         da.map_blocks(_sequence_block, which, chunks=chunks, dtype=np.float32, meta=meta)
         for which in range(3)
     ]
-    lc, client = cluster(threads=2, n_workers=1, memory_limit="4GiB", spill=False)
+    lc, client = cluster(threads=2, dask_malloc=dask_malloc, n_workers=1)
     try:
         # Consumed chunk by chunk (one small result per chunk): one reduction over the whole
         # output would let dask keep every output chunk until the chain ends.
@@ -289,10 +284,10 @@ def _gib(values):
     return ", ".join(f"{v:.2f}" for v in values) + " GiB"
 
 
-def run_features(n_rows, est, record):
+def run_features(n_rows, est, dask_malloc, record):
     print(f"rows={n_rows} x {D} float64 ({n_rows * D * 8 / 1e9:.1f} GB), chunks of {ROW_CHUNK}")
     before = in_memory_transform_seconds_per_row(est)
-    walls, rss = features_part(n_rows, est)
+    walls, rss = features_part(n_rows, est, dask_malloc)
     # The faster of the in-memory medians before and after: the harder comparison.
     per_row = min(before, in_memory_transform_seconds_per_row(est))
     transform_wall = walls["generate + transform"] - walls["generate"]
@@ -310,8 +305,8 @@ def run_features(n_rows, est, record):
     )  # fmt: skip
 
 
-def run_training(n_rows, est, record):
-    wall, accuracy, rss = training_part(n_rows, est)
+def run_training(n_rows, est, dask_malloc, record):
+    wall, accuracy, rss = training_part(n_rows, est, dask_malloc)
     print(f"training on {n_rows} rows: {wall:.1f} s, {n_rows / wall / 1e6:.2f} M rows/s, "
           f"held-out accuracy {accuracy:.3f}, peak RSS per worker {_gib(rss)}")  # fmt: skip
     record.update(
@@ -320,9 +315,9 @@ def run_training(n_rows, est, record):
     )  # fmt: skip
 
 
-def run_causal(seq, record):
+def run_causal(seq, dask_malloc, record):
     print(f"causal L={seq}, d={D}, m={M}, float32, chunks of {SEQ_CHUNK}")
-    dask_wall, memory_wall, rss = causal_part(seq)
+    dask_wall, memory_wall, rss = causal_part(seq, dask_malloc)
     print(f"  in memory {memory_wall:.1f} s, on dask {dask_wall:.1f} s (medians of 3): "
           f"{dask_wall / memory_wall:.2f}x per token (target <= 1.3)")  # fmt: skip
     print(f"  peak RSS per worker: {_gib(rss)} (target < 2)")
@@ -342,19 +337,17 @@ def main():
         help="keep dask's MALLOC_TRIM_THRESHOLD_=65536 in the workers (2x slower attention)",
     )  # fmt: skip
     args = parser.parse_args()
-    global DASK_MALLOC
-    DASK_MALLOC = args.dask_malloc
     n_rows = max(ROW_CHUNK * 4, int(ROWS * args.scale) // ROW_CHUNK * ROW_CHUNK)
     seq = max(SEQ_CHUNK * 4, int(SEQ * args.scale) // SEQ_CHUNK * SEQ_CHUNK)
     warnings.simplefilter("ignore")
     est = OrthogonalRFF(M, gamma=GAMMA, random_state=0).fit(np.zeros((1, D)))
-    record = {"d": D, "m": M, "scale": args.scale, "dask_malloc": DASK_MALLOC}
+    record = {"d": D, "m": M, "scale": args.scale, "dask_malloc": args.dask_malloc}
     if "features" in args.parts:
-        run_features(n_rows, est, record)
+        run_features(n_rows, est, args.dask_malloc, record)
     if "training" in args.parts:
-        run_training(n_rows, est, record)
+        run_training(n_rows, est, args.dask_malloc, record)
     if "causal" in args.parts:
-        run_causal(seq, record)
+        run_causal(seq, args.dask_malloc, record)
     print(f"written to {save('dask', record)}")
     return 0
 
