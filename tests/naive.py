@@ -263,12 +263,14 @@ def log_causal_block(zq, zk, rt, v, state, c, kappa):
 # (rows x L) arrays (the same importance samples from the same seeds).
 
 
-def key_rows(K, V, root, psi):
-    """``K root / psi`` and its rows' squared norms; ``[V, 1]`` and ``V``'s rows' squared
-    norms; in float64."""
-    Kk = K.astype(np.float64) * root / psi
-    V = V.astype(np.float64)
-    return Kk, (Kk**2).sum(1), np.hstack([V, np.ones((len(V), 1))]), (V**2).sum(1)
+def key_rows(K, V, root, psi, center, dtype=np.float64):
+    """``K root / psi`` and its rows' squared norms; ``[V - center, 1]`` and its value
+    rows' squared norms; the rows in ``dtype``, the norms (of the stored rows) in float64."""
+    Kk = (K.astype(np.float64) * root / psi).astype(dtype)
+    V = (V.astype(np.float64) - center).astype(dtype)
+    Vx = np.hstack([V, np.ones((len(V), 1), dtype)])
+    norms = [(a.astype(np.float64) ** 2).sum(1) for a in (Kk, V)]
+    return Kk, norms[0], Vx, norms[1]
 
 
 def accuracy_row_sums(U, Kk, V, keys_ok, limits, sm, coupled=None):

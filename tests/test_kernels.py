@@ -272,7 +272,7 @@ def _kernel_args(U, Kk, V, keys_ok, limits, sm, coupled):
     R, d = U.shape
     L, d_v = V.shape
     Kk2, kk, Vx, vv = (np.empty((L, d)), np.empty(L), np.empty((L, d_v + 1)), np.empty(L))
-    acc.key_rows(Kk, V, 1.0, np.ones(d), Kk2, kk, Vx, vv)
+    acc.key_rows(Kk, V, 1.0, np.ones(d), np.zeros(d_v), Kk2, kk, Vx, vv)
     signs = np.array(sm.signs, dtype=np.float64)
     moment = np.array([sm.alpha, sm.gamma, float(sm.pair_sign)])
     if coupled is None:
@@ -389,14 +389,17 @@ def test_accuracy_row_pairs(name, coupling, kind):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_key_rows(dtype):
+@pytest.mark.parametrize("out_dtype", DTYPES)
+def test_key_rows(dtype, out_dtype):
     rng = np.random.default_rng(3)
     K, V = rng.normal(scale=4, size=(2, 37, 6)).astype(dtype)
     psi = rng.uniform(0.5, 2, 6)
-    out = (np.empty((37, 6)), np.empty(37), np.empty((37, 7)), np.empty(37))
-    acc.key_rows(K, V, 0.7, psi, *out)
-    for got, expected in zip(out, naive.key_rows(K, V, 0.7, psi), strict=True):
-        assert_allclose(got, expected, rtol=1e-14)
+    center = rng.normal(size=6)
+    out = (np.empty((37, 6), out_dtype), np.empty(37), np.empty((37, 7), out_dtype), np.empty(37))
+    acc.key_rows(K, V, 0.7, psi, center, *out)
+    expected = naive.key_rows(K, V, 0.7, psi, center, out_dtype)
+    for got, want in zip(out, expected, strict=True):
+        assert_allclose(got, want, rtol=1e-14)
 
 
 @pytest.mark.parametrize("name", ["positive", "hyperbolic", "optimal", "trig"])

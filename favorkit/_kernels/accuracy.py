@@ -26,7 +26,10 @@ Why this shape:
 * The weighted sums of values a row needs, ``Σ_j w_j [v_j, 1]`` for ``w = P, e (per
   sign), P c, P z``, are one GEMM over the block's rows (``np.dot`` calls BLAS from
   Numba; the column of ones appended to the values makes it sum the weights too), as are
-  the logits ``u·k̃_j`` and ``y·v_j``. These float64 GEMMs are the bulk of the cost.
+  the logits ``u·k̃_j`` and ``y·v_j``. These GEMMs are the bulk of the cost; they run in
+  the dtype of the key and value rows (float32 for float32 inputs, at twice float64's
+  speed: their sums of products carry float32 round-off, ~1e-7 of the prediction, far below
+  its sampling error), everything else in float64.
 * Everything elementwise happens in row passes between them, written branch-free so that
   they vectorize, exponentials included (:func:`~favorkit._kernels.fastexp.exp64`: Numba's
   libm ``exp`` is 5-10x slower and does not vectorize). A runtime condition inside a loop
@@ -112,7 +115,7 @@ def _prefetch(typingctx, arr, i, k):
 
 @numba.njit(**_INLINE)
 def _prefetch_row(arr, i):
-    for k in range(0, arr.shape[1], 8):  # 8 float64 to a 64-byte line
+    for k in range(0, arr.shape[1], 64 // arr.itemsize):  # a 64-byte line at a time
         _prefetch(arr, i, k)
 
 
@@ -386,12 +389,12 @@ def row_sums(
 
     Parameters
     ----------
-    U : (R, d) float64, C-contiguous
+    U : (R, d) float32 or float64 (the dtype of ``Kk`` and ``Vx``), C-contiguous
         The block's query rows ``ũ`` (scaled and, for fitted maps, times ``Ψ``).
-    Kk : (L, d) float64, C-contiguous
+    Kk : (L, d) float32 or float64, C-contiguous
         The sequence's keys ``k̃``.
-    Vx : (L, d_v + 1) float64, C-contiguous
-        Its values with a column of ones appended.
+    Vx : (L, d_v + 1) float32 or float64, C-contiguous
+        Its values (less a centre, :func:`key_rows`) with a column of ones appended.
     vv, kk : (L,) float64
         ``|v_j|²``, ``|k̃_j|²``.
     uu : (R,) float64
@@ -492,9 +495,11 @@ def row_sums(
     # the weighted sums of the values and the sums of the weights (P's is the
     # normalizer). One GEMM per chunk of keys, so that the weights stay in cache.
     sv = np.zeros((n_w * R, d_v + 1))
+    chunk = min(_KEY_CHUNK, Lb)
+    w_buf = np.empty(n_w * R * chunk, dtype=Vx.dtype)  # one buffer: no page faults per chunk
     for j0 in range(0, Lb, _KEY_CHUNK):
         j1 = min(j0 + _KEY_CHUNK, Lb)
-        W = np.empty((n_w, R, j1 - j0))
+        W = w_buf[: n_w * R * (j1 - j0)].reshape((n_w, R, j1 - j0))
         for r in range(R):
             # Keys past the row's limit (and every key of a row that sees none) weigh 0.
             stop = min(limits[r], j1) if sums[r, COL_SEEN] != 0.0 else j0
@@ -542,7 +547,8 @@ def row_sums(
                 cc += sc * sc
                 zz += sz * sz
             sums[r, COL_CROSS] = curv * (d * (2.0 * cc) - zz)
-    yv = np.dot(y, Vx[:Lb].T)  # y·v_j, for |v_j - y|² (y's last entry, 0, drops the ones)
+    # y·v_j, for |v_j - y|² (y's last entry, 0, drops the ones)
+    yv = np.dot(y.astype(Vx.dtype), Vx[:Lb].T)
     w2 = np.empty(Lb)
     G = np.empty(Lb)
     PE = np.empty((1 + S, 1, Lb))  # one row's P and e
@@ -701,20 +707,26 @@ def sampled_pairs(
 
 @numba.njit(**_REASSOC)
 def _sum_squares(a, j, n):
-    """``Σ_k a[j, k]²`` over ``k < n``."""
+    """``Σ_k a[j, k]²`` over ``k < n``, in float64."""
     acc = 0.0
     for k in range(n):
-        acc += a[j, k] * a[j, k]
+        t = np.float64(a[j, k])
+        acc += t * t
     return acc
 
 
 @numba.njit(**_JIT)
-def key_rows(K, V, root, psi, Kk, kk, Vx, vv):
+def key_rows(K, V, root, psi, center, Kk, kk, Vx, vv):
     """The sequence's keys and values as :func:`row_sums` takes them, in one pass.
 
-    ``Kk = K root / psi`` and ``kk = |Kk|²`` per row, ``Vx = [V, 1]`` and ``vv = |V|²``
-    per row, in float64 from ``K``, ``V`` of any float dtype (``root``: the square root of
-    the logit scale; ``psi``: a fitted map's key scaling, ones otherwise). Four numpy
+    ``Kk = K root / psi`` and ``kk = |Kk|²`` per row, ``Vx = [V - center, 1]`` and
+    ``vv = |V - center|²`` per row, from ``K``, ``V`` of any float dtype into ``Kk``,
+    ``Vx`` of float32 or float64 (the norms, in float64, are those of the stored rows).
+    ``root``: the square root of the logit scale; ``psi``: a fitted map's key scaling,
+    ones otherwise; ``center``: a point near the values' mean. The prediction does not
+    change when every value moves by one vector, and centred values keep the weighted
+    sums of values (:func:`row_sums`'s GEMMs, float32 for float32 inputs) from rounding
+    away the differences ``v_j - y`` when the values share a large offset. Four numpy
     passes take ~6 ms for this at L = 16 384, d = 64.
     """
     d = K.shape[1]
@@ -724,7 +736,7 @@ def key_rows(K, V, root, psi, Kk, kk, Vx, vv):
             Kk[j, k] = (np.float64(K[j, k]) * root) / psi[k]
         kk[j] = _sum_squares(Kk, j, d)
         for k in range(d_v):
-            Vx[j, k] = V[j, k]
+            Vx[j, k] = np.float64(V[j, k]) - center[k]
         Vx[j, d_v] = 1.0
         vv[j] = _sum_squares(Vx, j, d_v)
 

@@ -181,20 +181,38 @@ def _sequence_params(fmap, Qs, Ks, visible_keys):
     return fmap.fit(Moments.of(Qs), Moments.of(keys))
 
 
-def _key_rows(K, V, root, psi):
-    """``K root / psi`` and its rows' squared norms, ``[V, 1]`` and ``V``'s rows' squared
-    norms, in float64 (:func:`favorkit._kernels.accuracy.key_rows`, on key blocks in
-    parallel)."""
+def _key_rows(K, V, root, psi, keys_ok, dtype=np.float64):
+    """The keys ``K root / psi`` and values ``[V - center, 1]`` as the kernels take them,
+    in ``dtype``, their rows' squared norms in float64, and ``center``
+    (:func:`favorkit._kernels.accuracy.key_rows`, on key blocks in parallel).
+
+    ``center`` is the mean of at most 256 visible values at a fixed stride (a padded key's
+    value may be anything): it only has to be near their mean, and costs nothing at any L.
+    """
     L, d = K.shape
-    Kk, kk = np.empty((L, d)), np.empty(L)
-    Vx, vv = np.empty((L, V.shape[1] + 1)), np.empty(L)
+    visible = np.flatnonzero(keys_ok)
+    picks = visible[:: max(1, visible.size // 256)]
+    center = V[picks].mean(axis=0, dtype=np.float64) if picks.size else np.zeros(V.shape[1])
+    Kk, kk = np.empty((L, d), dtype), np.empty(L)
+    Vx, vv = np.empty((L, V.shape[1] + 1), dtype), np.empty(L)
     psi = np.ascontiguousarray(np.broadcast_to(psi, (d,)), dtype=np.float64)
 
     def block(r):
-        acc_kernels.key_rows(K[r], V[r], root, psi, Kk[r], kk[r], Vx[r], vv[r])
+        acc_kernels.key_rows(K[r], V[r], root, psi, center, Kk[r], kk[r], Vx[r], vv[r])
 
     map_row_blocks(block, L)
-    return Kk, kk, Vx, vv
+    return Kk, kk, Vx, vv, center
+
+
+def _float32_is_safe(U, kk, vv):
+    """Whether the kernels' float32 GEMMs stay far from overflow (float32 ends at ~3.4e38):
+    the logits ``|u·k̃| <= |u| |k̃|``, and the weighted sums of values, at most L times the
+    largest centred value (weights <= 1). An inf in ``kk`` or ``vv`` (a row beyond float32)
+    fails it too."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        logits = math.sqrt(float(np.einsum("ij,ij->i", U, U).max())) * math.sqrt(kk.max())
+        sums = math.sqrt(vv.max()) * vv.size
+    return bool(logits < 1e30 and sums < 1e30)
 
 
 def _rng_state(rng, state=None):
@@ -210,11 +228,12 @@ def _rng_state(rng, state=None):
     return state
 
 
-def _rows_error(sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits, rng, n_pairs):
+def _rows_error(sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits, rng, n_pairs, center=None):
     """Per-row sums for a block of query rows of one sequence (module docstring).
 
     Row ``r`` sees the keys ``j < limits[r]`` with ``keys_ok[j]``; ``Vx`` holds the values
-    with a column of ones appended, ``vv``, ``kk`` the squared norms of values and keys.
+    less ``center`` (None: 0) with a column of ones appended, ``vv``, ``kk`` the squared
+    norms of those values and of the keys.
     The sums over keys are formed by the kernels of :mod:`favorkit._kernels.accuracy` on
     row blocks in parallel; the uniform draws of the key-pair samples come from ``rng``
     here, per sampling set in turn (one per sign, then the coupled one), for the rows
@@ -233,7 +252,7 @@ def _rows_error(sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits, rng, n_pairs):
         coupling = np.array([1.0, coupled.d, coupled.step, coupled.linear])
         tables = coupled.kernel_tables()
     n_sets = n_signs + (coupled is not None)
-    uu = np.einsum("ij,ij->i", U, U)
+    uu = np.einsum("ij,ij->i", U, U, dtype=np.float64)
     Lk = Kk.shape[0]
     y = np.empty((n_rows, Vx.shape[1]))
     sums = np.empty((n_rows, acc_kernels.N_COLS))
@@ -303,7 +322,8 @@ def _rows_error(sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits, rng, n_pairs):
     if coupled is not None:
         cross = sums[:, acc_kernels.COL_CROSS] + est[:, n_signs]
         cross_var = var[:, n_signs]
-    y2 = sums[:, acc_kernels.COL_Y2]
+    y_out = y[:, :-1] if center is None else y[:, :-1] + center
+    y2 = np.einsum("ij,ij->i", y_out, y_out)  # |y|² of the values as given
     out = [single, single_var, cross, cross_var, norm_relvar, y2]
     return (*(np.where(seen, a, 0.0) for a in out), seen)
 
@@ -551,7 +571,9 @@ def predict_attention_error(
     n_queries : int, default=64
         Query rows sampled (over all sequences and heads).
     n_pairs : int, default=256
-        Key pairs sampled per row for the key-key interactions.
+        Key pairs sampled per row for the key-key interactions. Their sampling error
+        (part of ``standard_error``) grows with the keys a row sees; raise it where
+        ``standard_error`` is not small next to ``relative_error`` (cost: linear in it).
     random_state : int, Generator or None, default=0
         Seeds the row and pair samples (not a projection: there is none).
 
@@ -618,6 +640,7 @@ def predict_rows(
     n_seq, Lq, d = Qf.shape
     Lk = Kf.shape[1]
     seqs, rows = sample_rows(n_seq, Lq, n_queries, rng)
+    dtype = np.result_type(Qf, Kf, Vf, np.float32)
     c = coupling_cosine(projection, d)
     totals = np.zeros(6)
     relvar_rows, share_rows = [], []
@@ -631,7 +654,10 @@ def predict_rows(
             params = causal_params or MapParams.identity(d)
         sm = fmap.second_moment(d, params.a)
         U_all = Qf[n, rows[seqs == n]].astype(np.float64) * (root * params.psi)
-        Kk, kk, Vx, vv = _key_rows(Kf[n], Vf[n], root, params.psi)
+        Kk, kk, Vx, vv, center = _key_rows(Kf[n], Vf[n], root, params.psi, keys_ok, dtype)
+        if Kk.dtype == np.float32 and not _float32_is_safe(U_all, kk, vv):
+            Kk, kk, Vx, vv, center = _key_rows(Kf[n], Vf[n], root, params.psi, keys_ok)
+        U_all = U_all.astype(Kk.dtype)
         coupled = None
         if c is not None:
             z_max = float((np.sqrt((U_all**2).sum(1).max()) + np.sqrt(kk.max())) ** 2)
@@ -643,8 +669,9 @@ def predict_rows(
             limits = np.minimum(r + 1, Lk) if causal else np.full(r.size, Lk)
             U = U_all[start : start + _QUERY_CHUNK]
             single, single_var, cross, cross_var, relvar, y2, seen = _rows_error(
-                sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits.astype(np.int64), rng, n_pairs
-            )
+                sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits.astype(np.int64), rng, n_pairs,
+                center,
+            )  # fmt: skip
             pairs = float(pair_count(np.int64(m), d, projection))
             err_rows = single / m + pairs / m**2 * cross
             kurt = _lognormal_excess_kurtosis(np.log1p(relvar))
