@@ -2,11 +2,11 @@
 
 For N(0, scale²) queries and keys and N(0, 1) values of shape (L, d), every estimator (trig
 with iid projections, the others orthogonal) and m in {64, 256, 1024}, prints
-``favorkit.accuracy.predict_attention_error`` (256 query rows) beside
-``measure_attention_error`` (256 rows, ``--redraws`` projections), their ratio, and whether
-the pair is within the promised factor 1.5 (checked only where the prediction is below 0.5,
-neither side is flagged heavy-tailed and the prediction's standard error is below a
-quarter of it — the rule of ``tests/test_accuracy.py``). Not part of ``run_all.py``: a
+``favorkit.accuracy.predict_attention_error`` (256 query rows, ``--pairs`` key pairs each)
+beside ``measure_attention_error`` (256 rows, ``--redraws`` projections), their ratio, and
+whether the pair is within the promised factor 1.5 (checked only where the prediction is
+below 0.5, neither side is flagged heavy-tailed and the prediction's standard error is
+below a quarter of it — the rule of ``tests/test_accuracy.py``). Not part of ``run_all.py``: a
 d = 64, L = 4096 grid takes several minutes.
 
     python experiments/prediction_accuracy.py --d 16 --length 1024
@@ -30,6 +30,13 @@ def main(argv=None):
     p.add_argument("--causal", action="store_true", help="causal attention")
     p.add_argument("--redraws", type=int, default=8, help="projections for the measurement")
     p.add_argument(
+        "--pairs",
+        type=int,
+        default=2048,
+        help="key pairs per row of the prediction (the test's 2048; the library's default is "
+        "256, whose sampling error the standard error reports)",
+    )
+    p.add_argument(
         "--scales", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="std of q and k"
     )
     args = p.parse_args(argv)
@@ -43,7 +50,7 @@ def main(argv=None):
             projection = "iid" if estimator == "trig" else "orthogonal"
             kw = dict(estimator=estimator, projection=projection, causal=args.causal)
             for m in (64, 256, 1024):
-                pred = predict_attention_error(Q, K, V, m, n_queries=256, **kw)
+                pred = predict_attention_error(Q, K, V, m, n_queries=256, n_pairs=args.pairs, **kw)
                 meas = measure_attention_error(Q, K, V, m, n_redraws=args.redraws, **kw)
                 ratio = pred.relative_error / meas.relative_error
                 compared = not (
