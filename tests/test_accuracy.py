@@ -183,12 +183,24 @@ def test_predicted_within_factor_1_5_of_measured(d, scale, causal, estimator):
         measured = measure_attention_error(Q, K, V, m, n_redraws=8, **kw)
         if predicted.relative_error >= 0.5 or predicted.heavy_tailed or measured.heavy_tailed:
             continue
-        if predicted.standard_error > 0.25 * predicted.relative_error:
+        if _noise_of_squared_error(predicted) > 0.5 * measured.relative_error**2:
             continue  # the prediction's own sampling noise is too large to compare
         ratio = predicted.relative_error / measured.relative_error
         if not 1 / 1.5 <= ratio <= 1.5:
             misses.append((m, round(ratio, 3)))
     assert not misses, misses
+
+
+def _noise_of_squared_error(err):
+    """The standard error of a prediction's squared relative error (what its samples
+    estimate), undoing ``standard_error``'s conversion to the relative error. Compared
+    with the *measured* squared error, so that the rule which cases the prediction can
+    resolve (noise below half of it: a 25 % standard error where prediction and
+    measurement agree) does not depend on the prediction's own fluctuation: against the
+    prediction, an upward fluctuation makes its relative noise look smaller and lets it
+    through (over five prediction seeds that let 2.3-3.5x misses through)."""
+    r, se = err.relative_error, err.standard_error
+    return max(2.0 * r * se, se**2)
 
 
 def test_heavy_tails_are_flagged_on_the_performer_regime():
