@@ -4,11 +4,11 @@ For N(0, scale²) queries and keys and N(0, 1) values of shape (L, d), every est
 with iid projections, the others orthogonal) and m in {64, 256, 1024}, prints
 ``favorkit.accuracy.predict_attention_error`` (256 query rows, ``--pairs`` key pairs each)
 beside ``measure_attention_error`` (256 rows, ``--redraws`` projections), their ratio, and
-whether the pair is within the promised factor 1.5 (checked only where the prediction is
-below 0.5, neither side is flagged heavy-tailed and the prediction's sampling noise in the
-squared error is below half the measured squared error — the rule of
-``tests/test_accuracy.py``). Not part of ``run_all.py``: a
-d = 64, L = 4096 grid takes several minutes.
+whether the pair is within the promised factor 1.5 (checked only where
+``favorkit.attention._accuracy.comparable`` holds: the prediction is below 0.5, neither
+side is flagged heavy-tailed and the prediction's sampling noise in the squared error is
+below half the measured squared error — the rule of ``tests/test_accuracy.py``). Not part
+of ``run_all.py``: a d = 64, L = 4096 grid takes several minutes.
 
     python experiments/prediction_accuracy.py --d 16 --length 1024
     python experiments/prediction_accuracy.py --d 64 --length 4096 --causal
@@ -22,6 +22,7 @@ import numpy as np
 
 from favorkit import maps
 from favorkit.accuracy import measure_attention_error, predict_attention_error
+from favorkit.attention._accuracy import comparable
 
 
 def main(argv=None):
@@ -54,13 +55,7 @@ def main(argv=None):
                 pred = predict_attention_error(Q, K, V, m, n_queries=256, n_pairs=args.pairs, **kw)
                 meas = measure_attention_error(Q, K, V, m, n_redraws=args.redraws, **kw)
                 ratio = pred.relative_error / meas.relative_error
-                r, se = pred.relative_error, pred.standard_error
-                compared = not (
-                    r >= 0.5
-                    or pred.heavy_tailed
-                    or meas.heavy_tailed
-                    or max(2 * r * se, se**2) > 0.5 * meas.relative_error**2
-                )
+                compared = comparable(pred, meas)
                 verdict = ("within 1.5" if 1 / 1.5 <= ratio <= 1.5 else "MISS") if compared else "-"
                 print(
                     f"| {scale} | {estimator} | {m} | {pred.relative_error:.4f} ± "

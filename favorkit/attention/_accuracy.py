@@ -22,6 +22,7 @@ from favorkit.theory._gerf import COUPLINGS, coupling_cosine, log_moment_series,
 __all__ = [
     "AttentionError",
     "check_count",
+    "comparable",
     "exact_rows",
     "predict_attention_error",
     "predict_rows",
@@ -740,6 +741,25 @@ def predict_rows(
         _coupled=float(cross),
         _output_sq=float(out_sq) if out_sq > 0 else 1.0,
         _block=d,
+    )
+
+
+def comparable(predicted, measured):
+    """Whether a prediction can be held to a measurement (the rule of the accuracy tests and
+    of ``experiments/prediction_accuracy.py``): the prediction is below 0.5, neither is
+    heavy-tailed, and the prediction's sampling noise in the squared relative error (what
+    its samples estimate; ``standard_error`` converted back) is below half the *measured*
+    squared error, a 25 % standard error where the two agree. Against the measurement, not
+    the prediction: an upward fluctuation makes a prediction's relative noise look smaller
+    and would let it through (over five prediction seeds that let 2.3-3.5x misses through).
+    """
+    r, se = predicted.relative_error, predicted.standard_error
+    noise = max(2.0 * r * se, se**2)
+    return not (
+        r >= 0.5
+        or predicted.heavy_tailed
+        or measured.heavy_tailed
+        or noise > 0.5 * measured.relative_error**2
     )
 
 
