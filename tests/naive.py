@@ -490,6 +490,7 @@ def rows_error(sm, coupled, d, U, Kk, V, visible, rng, n_pairs):
     z += kk[None, :]
     np.maximum(z, 0.0, out=z)
     n_rows = U.shape[0]
+    pairs_ok = (visible.sum(axis=1) >= 2)[:, None]  # rows with a key pair j ≠ l to sample
 
     single = np.zeros(n_rows)
     single_var = np.zeros(n_rows)
@@ -515,7 +516,7 @@ def rows_error(sm, coupled, d, U, Kk, V, visible, rng, n_pairs):
             )  # fmt: skip
 
         inter, inter_var = sampled_pairs_reference(
-            weights=bound * np.sqrt(w2), value=interaction, rng=rng, n_pairs=n_pairs
+            weights=bound * np.sqrt(w2) * pairs_ok, value=interaction, rng=rng, n_pairs=n_pairs
         )
         log_front = sm.log_const + sigma * sm.gamma * uu + 2.0 * shift[:, 0]
         scale = np.exp(np.minimum(log_front, 700.0)) / len(sm.signs)
@@ -536,7 +537,7 @@ def rows_error(sm, coupled, d, U, Kk, V, visible, rng, n_pairs):
     cross_var = np.zeros(n_rows)
     if coupled is not None:
         cross, cross_var = coupled_sum(
-            coupled, d, p, V, y, w2, z, b, uu, Kk, tau, visible, rng, n_pairs
+            coupled, d, p, V, y, w2 * pairs_ok, z, b, uu, Kk, tau, visible, rng, n_pairs
         )
     return single, single_var, cross, cross_var, norm_relvar, y2
 

@@ -470,6 +470,7 @@ def row_sums(
     if Lb == 0:
         return
     b = _dots(U, Kk[:Lb])  # the logits u·k̃_j
+    pairs_ok = np.zeros(R, dtype=np.bool_)
     for r in range(R):
         n = limits[r]
         ur = uu[r]
@@ -478,7 +479,9 @@ def row_sums(
         # per sign of ℓ = log p + α z + σγτ b without its row constants, of g's exponent
         # ℓ + σγ|k̃|²/2 and of the sampling bound's ℓ + γ|k̃|²/2. Hidden keys: -inf.
         top = e0 = g0 = m0 = e1 = g1 = m1 = -np.inf
+        count = 0
         for j in range(n):
+            count += keys_ok[j]
             bj = br[j] if keys_ok[j] else -np.inf
             kj = kk[j]
             ell = (bj + alpha * _z(two_tau, bj, ur, kj)) + lin0 * bj
@@ -500,6 +503,7 @@ def row_sums(
                 m1 = bound if bound > m1 else m1
         if top == -np.inf:  # sees no key: no weights, nothing sampled
             continue
+        pairs_ok[r] = count >= 2  # a key pair j ≠ l to sample
         sums[r, COL_SEEN] = 1.0
         sums[r, COL_TOP] = top
         sums[r, COL_SIGN + SIGN_SHIFT] = max(e0, g0)
@@ -665,6 +669,8 @@ def row_sums(
                 c0[j] = a0
                 c1[j] = a1
                 c2[j] = a2
+        if not pairs_ok[r]:  # one visible key: nothing to sample
+            a0 = a1 = a2 = 0.0
         sums[r, COL_WTOT] = a0
         if n_sets > 1:
             sums[r, COL_WTOT + 1] = a1
