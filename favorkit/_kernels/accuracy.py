@@ -13,10 +13,11 @@ summed there.
 factorize (everything but the key pairs), the cumulative importance weights of each
 sampling set (one per sign of the map, then the coupled one), and, given the uniform
 draws, the sampled key-pair sums right away while the row is in cache (:func:`_row_pairs`).
-The caller draws the uniforms beforehand, for every row that sees a key, in the order the
-reference implementation draws them (set by set; rows in order): that order is right
-unless a row that sees a key has no positive sampling weight (all its visible values equal
-its output, e.g. a single visible key). The kernel reports which rows it sampled; on a
+The caller draws the uniforms beforehand, for every row that sees two keys or more (a row
+with one visible key has no pair to sample), in the order the reference implementation
+draws them (set by set; rows in order): that order is right unless such a row has no
+positive sampling weight (all its visible values equal its output). The kernel reports
+which rows it sampled; on a
 mismatch the caller restores its generator, runs :func:`row_sums` again storing logits,
 ``y·v_j`` and cumulative weights, draws for the rows that were sampled, and samples them
 with :func:`sampled_pairs`.

@@ -173,9 +173,8 @@ def sample_rows(n_seq, lengths, n_queries, rng, causal=False):
     n_rest = n_queries - n_seq * head
     picks = rng.choice(n_seq * rest, size=n_rest, replace=False)
     seq, row = np.divmod(picks, rest)
-    certain = np.arange(n_seq * head)
-    flat = np.concatenate([(certain // max(head, 1)) * lengths + certain % max(head, 1),
-                           seq * lengths + head + row])  # fmt: skip
+    certain = np.repeat(np.arange(n_seq) * lengths, head) + np.tile(np.arange(head), n_seq)
+    flat = np.concatenate([certain, seq * lengths + head + row])
     weights = np.concatenate([np.ones(certain.size), np.full(n_rest, n_seq * rest / n_rest)])
     order = np.argsort(flat)
     return *np.divmod(flat[order], lengths), weights[order]
