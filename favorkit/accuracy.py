@@ -42,7 +42,7 @@ of long sequences most: the sampled terms cancel in sign): where ``standard_erro
 small next to the prediction, raise ``n_pairs``. Cost: O(n_queries L (d + d_v)): GEMMs over
 the sampled rows and every key (float32 for float32 inputs), and Numba passes over each
 row's keys while they are in cache; at L = 16 384, d = 64, m = 256 the default 64 rows
-cost about 1.4 attention calls.
+cost 1.3-1.45 attention calls.
 
 The expansion is first order: the ratio ``N/D`` normalizes itself, so where one-projection
 estimates are heavy-tailed a typical draw does better than the expectation and the
