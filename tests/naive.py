@@ -273,7 +273,7 @@ def key_rows(K, V, root, psi, center, dtype=np.float64):
     return Kk, norms[0], Vx, norms[1]
 
 
-def accuracy_row_sums(U, Kk, V, keys_ok, limits, sm, coupled=None):
+def accuracy_row_sums(U, Kk, V, keys_ok, limits, sm, coupled=None, sketch=None):
     """Per query row ``u`` of ``U`` (over its keys ``j < limits[r]`` with ``keys_ok[j]``),
     the sums of the error prediction and the importance weights of its key pairs.
 
@@ -281,7 +281,9 @@ def accuracy_row_sums(U, Kk, V, keys_ok, limits, sm, coupled=None):
     (max of the logits ``b = k̃·u``), ``total`` (Σ exp(b - top)), ``y`` (the attention
     output), ``y2``, per sign lists ``shift``, ``bound`` (the maxima the exponentials are
     taken against, without ℓ's row constants -top - log total), ``s1sq``, ``diag``,
-    ``sum_e``, ``ggee``; coupled: ``zbar``, ``curv``, ``cross``; ``weights`` (one array
+    ``sum_e``, ``ggee``, ``d1``, ``d2``; coupled: ``zbar``, ``curv``, ``cross``; ``first`` (with
+    ``sketch = (A, B)``: each set's sketch samples of its first-order pair sum over all
+    pairs, as the kernel's ``first``); ``weights`` (one array
     over the keys ``j < limits[r]`` per sampling set: each sign's, then the coupled one,
     0 for hidden keys; ``factor``: the weights over ``|v_j - y|``, on the visible keys) and
     the visible keys' ``e``, ``g`` (per sign), ``p``, ``z``, ``c``, ``h`` for the pair
@@ -307,7 +309,7 @@ def accuracy_row_sums(U, Kk, V, keys_ok, limits, sm, coupled=None):
         z = np.maximum(uu + 2 * tau * b + kk, 0.0)  # |u + τ k̃|²
         row = {"top": top, "total": P.sum(), "y": y, "y2": y @ y, "weights": [], "e": [], "g": []}
         row["factor"] = []
-        for key in ("shift", "bound", "s1sq", "diag", "sum_e", "ggee"):
+        for key in ("shift", "bound", "s1sq", "diag", "sum_e", "ggee", "d1", "d2", "first"):
             row[key] = []
         for sigma in sm.signs:
             # log p + α z + σγτ b, less log p's row constants
@@ -323,6 +325,12 @@ def accuracy_row_sums(U, Kk, V, keys_ok, limits, sm, coupled=None):
             row["diag"].append(((g * g - e * e) * w2).sum())
             row["sum_e"].append(e.sum())
             row["ggee"].append((g * g - e * e).sum())
+            row["d1"].append((e * e * w2 * kk).sum())
+            row["d2"].append((e * e * w2 * kk * kk).sum())
+            if sketch is not None:
+                X = sketch_samples(e[None], Vv, y[None], K, *sketch[:2])[0]
+                X2 = sketch_samples(e[None], Vv, y[None], K, *sketch)[0]
+                row["first"].append(sigma * gamma * X**2 + 0.5 * gamma**2 * X2**2)
             row["factor"].append(np.exp(bound - bound.max()))
             row["weights"].append(row["factor"][-1] * np.sqrt(w2))
             row["e"].append(e)
@@ -335,9 +343,16 @@ def accuracy_row_sums(U, Kk, V, keys_ok, limits, sm, coupled=None):
             c = 0.5 * uu + tau * b
             s_c, s_z = (p * c) @ w, (p * z) @ w
             chi = coupled.diag(z)
-            cv = curv * (4 * d * c**2 - z**2)
+            lam = coupled.linear * np.mean(sm.signs)
+            cv = control(curv, d, lam, 2 * c + kk, z, z)
             row.update(zbar=zbar, curv=curv, cross=curv * (2 * d * (s_c @ s_c) - s_z @ s_z))
-            row.update(c=c, h=chi - cv)
+            if sketch is not None:
+                Xp, Xc = (
+                    sketch_samples(w[None], Vv, y[None], K, *sketch[:2])[0] for w in (p, p * c)
+                )
+                Xp2 = sketch_samples(p[None], Vv, y[None], K, *sketch)[0]
+                row["first"].append(d * curv * (4 * Xc * Xp + Xp2**2) + lam * Xp**2)
+            row.update(c=c, h=chi - cv, delta=sketched(curv, d, lam, 2 * c, kk))
             row["factor"].append(p * np.sqrt(1 + np.abs(chi) + np.abs(cv)))
             row["weights"].append(row["factor"][-1] * np.sqrt(w2))
         for k, weights in enumerate(row["weights"]):  # over all keys j < n, hidden ones 0
@@ -349,22 +364,24 @@ def accuracy_row_sums(U, Kk, V, keys_ok, limits, sm, coupled=None):
     return out
 
 
-def accuracy_row_pairs(row, k, draws, Kk, V, sm, coupled=None):
+def accuracy_row_pairs(row, k, draws, Kk, V, sm, coupled=None, part=0):
     """One row's key-pair sum of sampling set ``k`` by importance sampling (a row of
-    :func:`accuracy_row_sums`): the estimate and its sampling variance, and bounds on how
-    much the round-off of the sampling weights may change them.
+    :func:`accuracy_row_sums`): the estimate and its sampling variance, bounds on how
+    much the round-off of the sampling weights may change them, and the sampled values.
 
     ``draws`` (2, n_pairs) uniform in [0, 1) pick ``j`` and ``l`` by inverting the
     normalized running sums of the set's weights; a pair contributes ``value / (w_j w_l)``
     (0 if ``j = l`` or a weight is 0), with ``value = e_j e_l (v_j - y)·(v_l - y)
-    (e^{σγ k̃_j·k̃_l} - 1)`` (set of sign σ) or ``p_j p_l (v_j - y)·(v_l - y) (χ_jl -
-    curv (d (c_j + c_l)² - z_j z_l) - (h_j + h_l)/2)`` (coupled set).
+    (e^x - 1 - x - x²/2)`` with ``x = σγ k̃_j·k̃_l`` (set of sign σ) or ``p_j p_l (v_j - y)·(v_l - y)
+    (χ_jl - control_jl - (h_j + h_l)/2)`` (coupled set, :func:`control`): the rest past the
+    sketch's part (``part=0``); or that part (``part=1``), ``x + x²/2`` in place of the
+    exponential's rest, or :func:`sketched` less its values at ``j = l`` spread as above.
     """
     with np.errstate(over="ignore", invalid="ignore"):  # hostile scales: inf, NaN
-        return _row_pairs(row, k, draws, Kk, V, sm, coupled)
+        return _row_pairs(row, k, draws, Kk, V, sm, coupled, part)
 
 
-def _row_pairs(row, k, draws, Kk, V, sm, coupled):
+def _row_pairs(row, k, draws, Kk, V, sm, coupled, part):
     weights = row["weights"][k]
     cdf = np.cumsum(weights)
     picks = np.minimum(np.searchsorted(cdf / cdf[-1], draws), len(weights) - 1)
@@ -395,16 +412,24 @@ def _row_pairs(row, k, draws, Kk, V, sm, coupled):
         if k < len(sm.signs):
             e = row["e"][k]
             exponent = sm.signs[k] * sm.gamma * key_dot
-            value = e[a] * e[c] * centered * np.expm1(exponent)
+            low = exponent + 0.5 * exponent**2
+            value = e[a] * e[c] * centered * (low if part else np.expm1(exponent) - low)
             terms = 0.0
             exponents = abs(exponent) + np.abs(np.log(e[[a, c]])).sum()
         else:
             d = Kk.shape[1]
             p, z, cc, h = row["p"], row["z"], row["c"], row["h"]
             pair = coupled.pair(z[a], z[c], cc[a] + cc[c] + key_dot)
-            second = row["curv"] * (d * (cc[a] + cc[c]) ** 2 - z[a] * z[c])
-            value = p[a] * p[c] * centered * (pair - second - 0.5 * (h[a] + h[c]))
-            terms = abs(p[a] * p[c] * centered) * (abs(pair) + abs(second) + abs(h[a] + h[c]))
+            lam = coupled.linear * np.mean(sm.signs)
+            second = control(row["curv"], d, lam, cc[a] + cc[c] + key_dot, z[a], z[c])
+            if part:
+                dl = row["delta"]
+                low = sketched(row["curv"], d, lam, cc[a] + cc[c], key_dot)
+                value = p[a] * p[c] * centered * (low - 0.5 * (dl[a] + dl[c]))
+                terms = abs(p[a] * p[c] * centered) * (abs(low) + abs(dl[a] + dl[c]))
+            else:
+                value = p[a] * p[c] * centered * (pair - second - 0.5 * (h[a] + h[c]))
+                terms = abs(p[a] * p[c] * centered) * (abs(pair) + abs(second) + abs(h[a] + h[c]))
             terms *= 1 + z[a] + z[c]
             exponents = 0.0
         vals.append(float(value) / (weights[j] * weights[l]))
@@ -419,7 +444,7 @@ def _row_pairs(row, k, draws, Kk, V, sm, coupled):
     spread = 2 * np.mean(np.abs(vals - vals.mean()) * slack) + np.mean(slack**2)
     est_slack = total**2 * slack.mean() + 2 * rel_total * abs(est)
     var_slack = total**4 * spread * n / (n - 1) / n + 4 * rel_total * var
-    return est, var, est_slack, var_slack
+    return est, var, est_slack, var_slack, vals
 
 
 def noise_rows(U, K, V, share, sm):
@@ -457,11 +482,38 @@ def noise_rows(U, K, V, share, sm):
     return single, norm, spread
 
 
-def rows_error(sm, coupled, d, U, Kk, V, visible, rng, n_pairs):
+def sketch_samples(weights, V, y, Kk, A, B, B2=None):
+    """``X_i = Σ_j w_j (a_i·(v_j - y)) (b_i·k̃_j)`` per row (rows x D), times ``b'_i·k̃_j``
+    in the sum with ``B2``."""
+    terms = ((V @ A.T)[None] - (y @ A.T)[:, None]) * (Kk @ B.T)[None] * weights[:, :, None]
+    if B2 is not None:
+        terms = terms * (Kk @ B2.T)[None]
+    return terms.sum(axis=1)
+
+
+def sketched(curv, d, lam, cs, kd):
+    """The control's terms in ``k̃_j·k̃_l`` (the sketch's part) at ``c_j + c_l = cs``."""
+    return curv * d * (2 * cs * kd + kd**2) + lam * (cs + kd)
+
+
+def control(curv, d, lam, s, za, zb):
+    """The coupled set's control variate at a key pair with ``a_j·a_l = s``: the pair form
+    to second order, ``curv (d s² - z_j z_l) + λ̄ s``."""
+    return curv * (d * s**2 - za * zb) + lam * s
+
+
+def rows_error(sm, coupled, d, U, Kk, V, visible, rng, n_pairs, sketch=None):
     """Per-row sums for a block of query rows of one sequence (module docstring).
 
-    Returns (single, single_se², coupled_sum, coupled_se², normalizer relVar, |y|²).
+    ``sketch``: (A, B, B2), Gaussian (D, d_v), (D, d), (D, d), drawn from ``rng`` first
+    (D = 16) if None. Returns (single, single_var, coupled, coupled_var, normalizer
+    relVar, |y|², single_first, coupled_first) as ``_rows_error`` does: the sums (rows x 3:
+    with the pairs' rest, the sampled and the sketched second-order part), the sampled
+    parts' variances and covariance, and the sketch's samples (rows x D).
     """
+    if sketch is None:
+        sketch = tuple(rng.standard_normal((16, n)) for n in (V.shape[1], d, d))
+    A, B, B2 = sketch
     tau = sm.pair_sign
     hidden = None if visible.all() else ~visible
     b = U @ Kk.T  # the logits u·k̃_j
@@ -492,8 +544,10 @@ def rows_error(sm, coupled, d, U, Kk, V, visible, rng, n_pairs):
     n_rows = U.shape[0]
     pairs_ok = (visible.sum(axis=1) >= 2)[:, None]  # rows with a key pair j ≠ l to sample
 
-    single = np.zeros(n_rows)
-    single_var = np.zeros(n_rows)
+    single = np.zeros((n_rows, 3))  # the rest, the sampled second order, the sketched one
+    single_var = np.zeros((n_rows, 3))
+    single_first = np.zeros((n_rows, A.shape[0]))
+    single_same = np.zeros(n_rows)
     norm_terms = []
     for sigma in sm.signs:
         ell = logp + sm.alpha * z + sigma * sm.gamma * tau * b  # -inf where hidden
@@ -509,11 +563,17 @@ def rows_error(sm, coupled, d, U, Kk, V, visible, rng, n_pairs):
         bound = np.exp(bound - bound.max(axis=1, keepdims=True))
 
         def interaction(rows, j, l, e=e, sigma=sigma):
-            key_dot = np.einsum("ij,ij->i", Kk[j], Kk[l])
-            return (
-                e[rows, j] * e[rows, l] * dot_centered(V, y, rows, j, l)
-                * np.expm1(sigma * sm.gamma * key_dot)
-            )  # fmt: skip
+            x = sigma * sm.gamma * np.einsum("ij,ij->i", Kk[j], Kk[l])
+            front = e[rows, j] * e[rows, l] * dot_centered(V, y, rows, j, l)
+            low = x + 0.5 * x**2
+            return front * (np.expm1(x) - low), front * low
+
+        # Their first two orders in x, over j ≠ l: sketched over all pairs, less j = l.
+        X = sketch_samples(e, V, y, Kk, A, B)
+        X2 = sketch_samples(e, V, y, Kk, A, B, B2)
+        first = sigma * sm.gamma * X**2 + 0.5 * sm.gamma**2 * X2**2
+        same = e * e * w2 * kk[None, :]  # their pairs j = l
+        same = sigma * sm.gamma * same.sum(axis=1) + 0.5 * sm.gamma**2 * (same * kk).sum(axis=1)
 
         inter, inter_var = sampled_pairs_reference(
             weights=bound * np.sqrt(w2) * pairs_ok, value=interaction, rng=rng, n_pairs=n_pairs
@@ -521,25 +581,30 @@ def rows_error(sm, coupled, d, U, Kk, V, visible, rng, n_pairs):
         log_front = sm.log_const + sigma * sm.gamma * uu + 2.0 * shift[:, 0]
         scale = np.exp(np.minimum(log_front, 700.0)) / len(sm.signs)
         scale[log_front > 700.0] = np.inf
-        bracket = np.einsum("ij,ij->i", s1, s1) + diag + inter
+        bracket = np.einsum("ij,ij->i", s1, s1) + diag + inter[:, 0]
         with np.errstate(invalid="ignore", over="ignore"):
-            single += scale * bracket
-            single_var += (scale**2) * inter_var
+            single[:, 0] += scale * bracket
+            single[:, 1] += scale * inter[:, 1]
+            single_var += (scale**2)[:, None] * inter_var
+            single_first += scale[:, None] * first
+            single_same += scale * same
             # The normalizer's one-projection relVar (its key interactions left out).
             norm_terms.append(scale * (e.sum(axis=1) ** 2 + (g * g - e * e).sum(axis=1)))
     with np.errstate(invalid="ignore", over="ignore"):
         norm_relvar = np.maximum(sum(norm_terms) - 1.0, 0.0)
+        single[:, 2] = single_first.mean(axis=1) - single_same
     # No clipping per row: a row's sampled interactions may be negative; only the total
     # is (clipping each row would bias the sum upwards).
     single = np.where(np.isnan(single), np.inf, single)
 
-    cross = np.zeros(n_rows)
-    cross_var = np.zeros(n_rows)
+    cross = np.zeros((n_rows, 3))
+    cross_var = np.zeros((n_rows, 3))
+    cross_first = np.zeros((n_rows, A.shape[0]))
     if coupled is not None:
-        cross, cross_var = coupled_sum(
-            coupled, d, p, V, y, w2 * pairs_ok, z, b, uu, Kk, tau, visible, rng, n_pairs
+        cross, cross_var, cross_first = coupled_sum(
+            coupled, d, p, V, y, w2 * pairs_ok, z, b, uu, Kk, tau, visible, rng, n_pairs, sketch
         )
-    return single, single_var, cross, cross_var, norm_relvar, y2
+    return single, single_var, cross, cross_var, norm_relvar, y2, single_first, cross_first
 
 
 def weighted_centered(weights, V, y):
@@ -547,8 +612,9 @@ def weighted_centered(weights, V, y):
     return weights @ V - y * weights.sum(axis=1, keepdims=True)
 
 
-def coupled_sum(coupled, d, p, V, y, w2, z, b, uu, Kk, tau, visible, rng, n_pairs):
-    """``Σ_{j,l} p_j p_l (v_j - y)·(v_l - y) χ_jl`` per row, with its sampling variance.
+def coupled_sum(coupled, d, p, V, y, w2, z, b, uu, Kk, tau, visible, rng, n_pairs, sketch):
+    """``Σ_{j,l} p_j p_l (v_j - y)·(v_l - y) χ_jl`` per row as ``rows_error``'s parts (rows
+    x 3), their sampling variances (rows x 3), and the sketch's samples (rows x D).
 
     With ``a_j·a_l = c_j + c_l + k̃_j·k̃_l`` (``c_j = |u|²/2 ± u·k̃_j``), the pair form of
     ``χ`` (:class:`_Coupling`) is, to second order, ``K (d (a_j·a_l)² - z_j z_l)/(d-1)``.
@@ -556,12 +622,19 @@ def coupled_sum(coupled, d, p, V, y, w2, z, b, uu, Kk, tau, visible, rng, n_pair
     with ``K`` taken at the row's mean ``z``, factorizes over keys and is summed exactly, as
     is every part of the form ``h_j + h_l``; only the rest, which is small unless keys are
     close, is sampled. (Sampled whole, the sum of this many near-cancelling terms is noise.)
+    So are ``cv``'s terms in ``k̃_j·k̃_l``, ``K d (2 (c_j + c_l) k̃_j·k̃_l + (k̃_j·k̃_l)²)/(d-1)``,
+    and the pair form's first order ``λ̄ (c_j + c_l + k̃_j·k̃_l)``: over all pairs they sum to
+    ``K d (4 <M_pc, M_p> + ‖T_p‖²)/(d-1) + λ̄ ‖M_p‖²`` (``M_w = Σ_j w_j (v_j - y) k̃_jᵀ``,
+    ``T_p = Σ_j p_j (v_j - y) ⊗ k̃_j ⊗ k̃_j``), sketched.
     """
+    lam = coupled.linear * np.mean(coupled.signs)
+    kk = (Kk * Kk).sum(1)
     chi_diag = np.where(visible, coupled.diag(z), 0.0)
     cvec = np.where(visible, 0.5 * uu[:, None] + tau * b, 0.0)
     zbar = (p * z).sum(axis=1)
     curv = coupled.curvature(zbar)[:, None] / max(d - 1, 1)
-    cv_diag = curv * (4.0 * d * cvec**2 - z * z)
+    cv_diag = control(curv, d, lam, 2 * cvec + kk[None, :], z, z)
+    delta = sketched(curv, d, lam, 2 * cvec, kk[None, :])  # the sketched part at j = l
     h = chi_diag - cv_diag
     s_1 = weighted_centered(p, V, y)
     s_c = weighted_centered(p * cvec, V, y)
@@ -576,10 +649,14 @@ def coupled_sum(coupled, d, p, V, y, w2, z, b, uu, Kk, tau, visible, rng, n_pair
 
     def rest(rows, j, l):
         za, zb = z[rows, j], z[rows, l]
-        s = cvec[rows, j] + cvec[rows, l] + np.einsum("ij,ij->i", Kk[j], Kk[l])
-        cv = curv[rows, 0] * (d * (cvec[rows, j] + cvec[rows, l]) ** 2 - za * zb)
+        kd = np.einsum("ij,ij->i", Kk[j], Kk[l])
+        s = cvec[rows, j] + cvec[rows, l] + kd
+        cv = control(curv[rows, 0], d, lam, s, za, zb)
         r = coupled.pair(za, zb, s) - cv - 0.5 * (h[rows, j] + h[rows, l])
-        return p[rows, j] * p[rows, l] * dot_centered(V, y, rows, j, l) * r
+        cs = cvec[rows, j] + cvec[rows, l]
+        low = sketched(curv[rows, 0], d, lam, cs, kd) - 0.5 * (delta[rows, j] + delta[rows, l])
+        front = p[rows, j] * p[rows, l] * dot_centered(V, y, rows, j, l)
+        return front * r, front * low
 
     sampled, var = sampled_pairs_reference(
         weights=p * np.sqrt(w2) * np.sqrt(1.0 + np.abs(chi_diag) + np.abs(cv_diag)),
@@ -587,7 +664,12 @@ def coupled_sum(coupled, d, p, V, y, w2, z, b, uu, Kk, tau, visible, rng, n_pair
         rng=rng,
         n_pairs=n_pairs,
     )
-    return exact + sampled, var
+    A, B, B2 = sketch
+    Xp, Xc = (sketch_samples(w, V, y, Kk, A, B) for w in (p, p * cvec))
+    Xp2 = sketch_samples(p, V, y, Kk, A, B, B2)
+    first = d * curv * (4.0 * Xc * Xp + Xp2**2) + lam * Xp**2
+    sampled[:, 0] += exact
+    return np.column_stack([sampled, first.mean(axis=1)]), var, first
 
 
 def dot_centered(V, y, rows, j, l):
@@ -596,11 +678,12 @@ def dot_centered(V, y, rows, j, l):
 
 def sampled_pairs_reference(weights, value, rng, n_pairs):
     """``Σ_{j≠l} value(j, l)`` per row by importance sampling of pairs from
-    ``weights ⊗ weights``: the estimate and its variance, per row."""
+    ``weights ⊗ weights``, for ``value`` returning two arrays (the rest and the sketch's
+    part): the estimates (rows x 2) and their variances and covariance (rows x 3)."""
     n_rows = weights.shape[0]
     total = weights.sum(axis=1)
-    est = np.zeros(n_rows)
-    var = np.zeros(n_rows)
+    est = np.zeros((n_rows, 2))
+    var = np.zeros((n_rows, 3))
     live = np.flatnonzero(total > 0)
     if not live.size:
         return est, var
@@ -617,12 +700,20 @@ def sampled_pairs_reference(weights, value, rng, n_pairs):
     jf, lf = j.ravel(), l.ravel()
     wj, wl = weights[rows, jf], weights[rows, lf]
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        vals = np.where(
-            (jf != lf) & (wj > 0) & (wl > 0),
-            value(rows, jf, lf) / (wj * wl),
-            0.0,
-        ).reshape(live.size, n_pairs)
+        vals, hvals = (
+            np.where((jf != lf) & (wj > 0) & (wl > 0), v / (wj * wl), 0.0).reshape(
+                live.size, n_pairs
+            )
+            for v in value(rows, jf, lf)
+        )
     scale = total[live] ** 2
-    est[live] = scale * vals.mean(axis=1)
-    var[live] = scale**2 * vals.var(axis=1, ddof=1) / n_pairs
+    est[live, 0] = scale * vals.mean(axis=1)
+    est[live, 1] = scale * hvals.mean(axis=1)
+    norm = scale**2 / n_pairs
+    var[live, 0] = norm * vals.var(axis=1, ddof=1)
+    var[live, 1] = norm * hvals.var(axis=1, ddof=1)
+    centered = (vals - vals.mean(axis=1, keepdims=True)) * (
+        hvals - hvals.mean(axis=1, keepdims=True)
+    )
+    var[live, 2] = norm * centered.sum(axis=1) / (n_pairs - 1)
     return est, var

@@ -267,6 +267,18 @@ def _accuracy_case(name, coupling, kind, seed=0, d=8, d_v=5, L=257, R=12):
     return U, Kk, V, keys_ok, limits.astype(np.int64), sm, coupled
 
 
+# Below the smallest normal float64 round-off is absolute (subnormal squares of tiny X_i).
+_TINY = np.finfo(np.float64).tiny
+# The key pairs' sketch's Gaussian triples (a_i, b_i, b'_i), for the cases' d_v = 5, d = 8.
+_SKETCH = tuple(np.random.default_rng(11).standard_normal((6, n)) for n in (5, 8, 8))
+
+
+def _sketch_norms():
+    """The largest ``|a_i| |b_i|`` and ``|a_i| |b_i| |b'_i|`` of the sketch."""
+    A, B, B2 = (np.linalg.norm(x, axis=1) for x in _SKETCH)
+    return (A * B).max(), (A * B * B2).max()
+
+
 def _kernel_args(U, Kk, V, keys_ok, limits, sm, coupled):
     """``row_sums``' inputs (through ``key_rows``) and its outputs, allocated."""
     R, d = U.shape
@@ -281,13 +293,18 @@ def _kernel_args(U, Kk, V, keys_ok, limits, sm, coupled):
         coupling = np.array([1.0, d, coupled.step, coupled.linear])
         tables = coupled.kernel_tables()
     n_sets = signs.size + (coupled is not None)
+    A, B, B2 = _SKETCH
+    bk, bk2 = Kk2 @ B.T, Kk2 @ B2.T
+    av_bk = (Vx[:, :-1] @ A.T) * bk
+    sketch = np.hstack([av_bk, bk, av_bk * bk2, bk * bk2])
     inputs = (U, Kk2, Vx, vv, kk, (U * U).sum(1), keys_ok, limits, moment, signs, coupling,
-              tables)  # fmt: skip
+              tables, sketch, A)  # fmt: skip
     outputs = dict(
         y=np.empty((R, d_v + 1)),
         sums=np.empty((R, acc.N_COLS)),
-        est=np.empty((R, n_sets)),
-        var=np.empty((R, n_sets)),
+        est=np.empty((R, n_sets, 2)),
+        var=np.empty((R, n_sets, 3)),
+        first=np.empty((R, n_sets, A.shape[0])),
         b=np.empty((R, L)),
         yv=np.empty((R, L)),
         cdf=np.empty((R, n_sets, L)),
@@ -301,7 +318,7 @@ def test_accuracy_row_sums(name, coupling, kind):
     inputs, out, n_sets = _kernel_args(*case)
     no_draws = np.empty((0, n_sets, 2, 8))
     acc.row_sums(*inputs, no_draws, *out.values())
-    rows = naive.accuracy_row_sums(U, Kk, V, keys_ok, limits, sm, coupled)
+    rows = naive.accuracy_row_sums(U, Kk, V, keys_ok, limits, sm, coupled, _SKETCH)
     sums, S = out["sums"], len(sm.signs)
     assert np.all(np.isfinite(sums))
     assert [row is None for row in rows] == list(sums[:, acc.COL_SEEN] == 0)
@@ -310,6 +327,7 @@ def test_accuracy_row_sums(name, coupling, kind):
     for r, row in enumerate(rows):
         if row is None:
             assert np.all(sums[r] == 0) and np.all(out["est"][r] == 0)
+            assert np.all(out["first"][r] == 0)
             continue
         col = sums[r]
         assert_allclose(col[acc.COL_TOP], row["top"], **close)
@@ -334,11 +352,33 @@ def test_accuracy_row_sums(name, coupling, kind):
                             atol=1e-13 * (gg + ee) * vmax)  # fmt: skip
             assert_allclose(col[base + acc.SIGN_GGEE], row["ggee"][s], rtol=1e-9,
                             atol=1e-13 * (gg + ee))  # fmt: skip
+            kmax = (Kk**2).sum(1).max()
+            assert_allclose(col[base + acc.SIGN_D1], row["d1"][s], rtol=1e-9,
+                            atol=1e-13 * ee * vmax * kmax)  # fmt: skip
+            assert_allclose(col[base + acc.SIGN_D2], row["d2"][s], rtol=1e-9,
+                            atol=1e-13 * ee * vmax * kmax**2)  # fmt: skip
+            # X_i = Σ_j e_j (a_i·v_j)(b_i·k̃_j) - (a_i·y) Σ_j e_j b_i·k̃_j: the round-off of
+            # its terms, |a_i| |b_i| Σ_j e_j |v_j - y| |k̃_j|, squared (Y_i: times |b'_i| |k̃_j|).
+            ab, abb = _sketch_norms()
+            x_scale = ab * e.sum() * np.sqrt(vmax * kmax)
+            x2_scale = abb * e.sum() * np.sqrt(vmax) * kmax
+            atol = 1e-13 * (sm.gamma * x_scale**2 + sm.gamma**2 * x2_scale**2) + _TINY
+            assert_allclose(out["first"][r, s], row["first"][s], rtol=1e-9, atol=atol)
         if coupled is not None:
             assert_allclose(col[acc.COL_ZBAR], row["zbar"], **close)
             assert_allclose(col[acc.COL_CURV], row["curv"], rtol=1e-9)
             scale = abs(row["curv"]) * Kk.shape[1] * (row["zbar"] + 1) ** 2 * (V**2).sum(1).max()
             assert_allclose(col[acc.COL_CROSS], row["cross"], rtol=1e-9, atol=1e-12 * scale)
+            # X^p, X^c, Y^p as X, Y above with the weights p_j, p_j c_j (sum 1, and ~ zbar).
+            ab, abb = _sketch_norms()
+            kmax = (Kk**2).sum(1).max()
+            vkmax = np.sqrt(((V**2).sum(1).max() + row["y2"]) * kmax)
+            x_scale = (ab * vkmax) ** 2 * (1 + row["zbar"])
+            x2_scale = (abb * vkmax) ** 2 * kmax
+            lam = coupled.linear * np.mean(sm.signs)
+            dc = Kk.shape[1] * abs(row["curv"])
+            atol = 1e-13 * (x_scale * (4 * dc + abs(lam)) + x2_scale * dc)
+            assert_allclose(out["first"][r, S], row["first"][S], rtol=1e-9, atol=atol + _TINY)
         n = limits[r]
         vmax = (V[:n] ** 2).sum(1).max() + row["y2"]
         assert_allclose(out["b"][r, :n], Kk[:n] @ U[r], rtol=1e-12, atol=1e-12)
@@ -361,11 +401,13 @@ def test_accuracy_row_pairs(name, coupling, kind):
     R, n_pairs = U.shape[0], 64
     draws = np.random.default_rng(7).random((R, n_sets, 2, n_pairs))
     none = (np.empty((R, 0)), np.empty((R, 0)), np.empty((R, n_sets, 0)))
-    acc.row_sums(*inputs, draws, out["y"], out["sums"], out["est"], out["var"], *none)
+    acc.row_sums(
+        *inputs, draws, out["y"], out["sums"], out["est"], out["var"], out["first"], *none
+    )  # fmt: skip
     fused = out["est"].copy(), out["var"].copy()
     acc.row_sums(*inputs, draws[:0], *out.values())
     acc.sampled_pairs(
-        *inputs[1:6], inputs[7], *inputs[8:], draws, out["y"], out["sums"], out["b"],
+        *inputs[1:6], inputs[7], *inputs[8:12], draws, out["y"], out["sums"], out["b"],
         out["yv"], out["cdf"], out["est"], out["var"],
     )  # fmt: skip
     assert_array_equal(out["est"], fused[0])
@@ -375,14 +417,24 @@ def test_accuracy_row_pairs(name, coupling, kind):
     for r, row in enumerate(rows):
         for k in range(n_sets):
             if row is None or not out["sums"][r, acc.COL_WTOT + k] > 0:
-                assert out["est"][r, k] == 0 and out["var"][r, k] == 0
+                assert np.all(out["est"][r, k] == 0) and np.all(out["var"][r, k] == 0)
                 continue
-            pairs = naive.accuracy_row_pairs(row, k, draws[r, k], Kk, V, sm, coupled)
-            est, var, est_slack, var_slack = pairs
-            scale = abs(est) + np.sqrt(var)  # the sum's size, or its noise where it is ~0
-            assert_allclose(out["est"][r, k], est, rtol=1e-9, atol=1e-12 * scale + est_slack)
-            atol = 1e-12 * scale**2 + var_slack
-            assert_allclose(out["var"][r, k], var, rtol=1e-9, atol=atol)
+            both = []  # the rest past the sketch's part, then that part
+            for part in (0, 1):
+                pairs = naive.accuracy_row_pairs(row, k, draws[r, k], Kk, V, sm, coupled, part)
+                est, var, est_slack, var_slack, vals = pairs
+                scale = abs(est) + np.sqrt(var)  # the sum's size, or its noise where it is ~0
+                assert_allclose(out["est"][r, k, part], est, rtol=1e-9,
+                                atol=1e-12 * scale + est_slack)  # fmt: skip
+                atol = 1e-12 * scale**2 + var_slack
+                assert_allclose(out["var"][r, k, part], var, rtol=1e-9, atol=atol)
+                both.append((vals, var, var_slack))
+            (g, var_g, slack_g), (h, var_h, slack_h) = both
+            n = g.size
+            with np.errstate(invalid="ignore", over="ignore"):  # inf, NaN at hostile scales
+                cov = row["weights"][k].sum() ** 4 * np.cov(g, h)[0, 1] / n
+            atol = np.sqrt(slack_g * var_h) + np.sqrt(var_g * slack_h) + 1e-12 * (var_g + var_h)
+            assert_allclose(out["var"][r, k, 2], cov, rtol=1e-9, atol=atol)
             sampled += est != 0
     if kind == "moderate":  # (the others' e^{±k̃_j·k̃_l} may overflow: inf or NaN sums)
         assert sampled >= (R - 3) * n_sets  # rows 0-2 see at most one key: no pairs

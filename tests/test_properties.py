@@ -5,7 +5,8 @@ every estimator, kernel and projection, float32 and float64, input norms drawn
 log-uniformly from 1e-3 to 1e3, logits ``|scale q·k|`` up to 1e4 and values from 1e-20 to
 near the dtype's largest number:
 
-* finite in, finite out (or a clear error, and only where one is documented);
+* finite in, finite out (or a clear error, and only where one is documented), and a
+  predicted error that is a number or inf, never NaN;
 * the positive estimators keep every row inside the range of the value rows it sees;
 * causal attention never leaks: changing keys or values from position t on leaves every
   earlier output unchanged, bitwise;
@@ -28,6 +29,7 @@ from numpy.testing import assert_array_equal
 from sklearn.base import clone
 
 from favorkit import FavorAttention, OrthogonalRFF, PositiveRandomFeatures, maps, sampling
+from favorkit.accuracy import predict_attention_error
 from favorkit.attention._engine import tuned
 
 POSITIVE = maps.names("exponential")
@@ -132,6 +134,26 @@ def test_finite_in_finite_out(data):
     if out is not None:
         assert out.dtype == case.dtype
         assert np.isfinite(out).all()
+
+
+@PROPERTY
+@given(data=st.data())
+def test_error_predictions_are_numbers(data):
+    """The predicted error is a number or inf (flagged heavy-tailed), never NaN, and so are
+    its standard error and MSE, whatever the scales."""
+    case = Case(data, positive_only=data.draw(st.booleans(), "positive only"))
+    projection = "iid" if case.estimator == "trig" else case.projection
+    if projection not in ("iid", "orthogonal", "simplex"):
+        projection = "orthogonal"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        err = predict_attention_error(
+            case.Q, case.K, case.V, case.m, estimator=case.estimator, projection=projection,
+            causal=case.causal, scale=case.scale, n_queries=16, n_pairs=8,
+        )  # fmt: skip
+    for value in (err.relative_error, err.standard_error, err.mse):
+        assert not np.isnan(value) and value >= 0, err
+    assert np.isfinite(err.relative_error) or err.heavy_tailed, err
 
 
 @PROPERTY
@@ -281,6 +303,7 @@ def test_transformers_give_finite_features_or_a_clear_error(data):
     "test",
     [
         test_finite_in_finite_out,
+        test_error_predictions_are_numbers,
         test_positive_estimators_stay_inside_the_visible_range_of_v,
         test_causal_attention_never_leaks,
         test_a_padded_key_is_a_missing_key,

@@ -10,9 +10,13 @@ here they are formed one row at a time into buffers of length L that stay in cac
 summed there.
 
 :func:`row_sums` does a block of query rows of one sequence: the sums over keys that
-factorize (everything but the key pairs), the cumulative importance weights of each
-sampling set (one per sign of the map, then the coupled one), and, given the uniform
-draws, the sampled key-pair sums right away while the row is in cache (:func:`_row_pairs`).
+factorize (everything but the key pairs), the sketch's samples of each sampling set's
+key-pair sum to second order in ``k̃_j·k̃_l`` (one GEMM of the weights with the columns of
+:func:`sketch_columns`), the cumulative importance weights of each sampling set (one per
+sign of the map, then the coupled one), and, given the uniform draws, the sampled key-pair
+sums right away while the row is in cache (:func:`_row_pairs`): of the rest past second
+order and, as a control variate for the caller to weigh against the sketch, of the
+second-order part.
 The caller draws the uniforms beforehand, for every row that sees two keys or more (a row
 with one visible key has no pair to sample), in the order the reference implementation
 draws them (set by set; rows in order): that order is right unless such a row has no
@@ -25,7 +29,8 @@ with :func:`sampled_pairs`.
 Why this shape:
 
 * The weighted sums of values a row needs, ``Σ_j w_j [v_j, 1]`` for ``w = P, e (per
-  sign), P c, P z``, are one GEMM over the block's rows (``np.dot`` calls BLAS from
+  sign), P c, P z`` (and of the sketch's columns for ``w = P, e, P c``), are one GEMM over
+  the block's rows (``np.dot`` calls BLAS from
   Numba; the column of ones appended to the values makes it sum the weights too), as are
   the logits ``u·k̃_j`` and ``y·v_j``. These GEMMs are the bulk of the cost; they run in
   the dtype of the key and value rows (float32 for float32 inputs, at twice float64's
@@ -84,7 +89,9 @@ SIGN_S1SQ = 2  # |Σ_j e_j (v_j - y)|²
 SIGN_DIAG = 3  # Σ_j (g_j² - e_j²) |v_j - y|²
 SIGN_SUM_E = 4  # Σ_j e_j
 SIGN_GGEE = 5  # Σ_j (g_j² - e_j²)
-SIGN_COLS = 6
+SIGN_D1 = 6  # Σ_j e_j² |v_j - y|² |k̃_j|²
+SIGN_D2 = 7  # Σ_j e_j² |v_j - y|² |k̃_j|⁴
+SIGN_COLS = 8
 N_COLS = COL_SIGN + 2 * SIGN_COLS
 
 _JIT = dict(nogil=True, cache=True, error_model="numpy")
@@ -175,6 +182,29 @@ def _pair(tables, n_signs, za, zb, s, step, linear, d):
 
 
 @numba.njit(**_INLINE)
+def _mean(a):
+    acc = 0.0
+    for x in a:
+        acc += x
+    return acc / a.size
+
+
+@numba.njit(**_INLINE)
+def _control(curv, d, lam, s, za, zb):
+    """The coupled set's control variate at a key pair with ``a_j·a_l = s``: the coupling's
+    pair form to second order, ``curv (d s² - z_j z_l) + λ̄ s`` (summed over all pairs
+    exactly where it factorizes, through the sketch where it does not)."""
+    return curv * (d * s * s - za * zb) + lam * s
+
+
+@numba.njit(**_INLINE)
+def _sketched(curv, d, lam, cs, kd):
+    """The control's terms in ``k̃_j·k̃_l`` at ``c_j + c_l = cs``: ``curv d (2 cs k̃_j·k̃_l +
+    (k̃_j·k̃_l)²) + λ̄ (cs + k̃_j·k̃_l)`` (the ``λ̄ cs`` part sums to 0 over all pairs)."""
+    return curv * d * (2.0 * cs * kd + kd * kd) + lam * (cs + kd)
+
+
+@numba.njit(**_INLINE)
 def _z(two_tau, bj, ur, kj):
     """``z = |ũ + τ k̃|² = max(2τ b + |ũ|² + |k̃|², 0)``, in the reference's order."""
     x = (two_tau * bj + ur) + kj
@@ -182,15 +212,22 @@ def _z(two_tau, bj, ur, kj):
 
 
 @numba.njit(**_REASSOC)
-def _diag_sums(G, E, w2, n):
-    """``Σ_j (g_j² - e_j²) w2_j`` and ``Σ_j (g_j² - e_j²)`` over ``j < n``."""
+def _diag_sums(G, E, w2, kk, n):
+    """``Σ_j (g_j² - e_j²) w2_j``, ``Σ_j (g_j² - e_j²)``, ``Σ_j e_j² w2_j kk_j`` and
+    ``Σ_j e_j² w2_j kk_j²`` over ``j < n``."""
     diag = 0.0
     total = 0.0
+    first = 0.0
+    second = 0.0
     for j in range(n):
-        t = G[j] * G[j] - E[j] * E[j]
+        ee = E[j] * E[j]
+        t = G[j] * G[j] - ee
         diag += t * w2[j]
         total += t
-    return diag, total
+        x = ee * w2[j] * kk[j]
+        first += x
+        second += x * kk[j]
+    return diag, total, first, second
 
 
 @numba.njit(**_REASSOC)
@@ -241,18 +278,23 @@ def _search_all(c, n, draws, base):
 @numba.njit(**_INLINE)
 def _row_pairs(
     k, c, n, draws, br, yvr, yr, row, ur, Kk, Vx, vv, kk, signs, moment, coupling, tables,
-    idx, ent, vals,
+    idx, ent, vals, hvals,
 ):  # fmt: skip
-    """One row's key-pair sum ``Σ_{j≠l}`` of sampling set ``k``, by importance sampling:
-    the estimate and its sampling variance.
+    """One row's key-pair sums ``Σ_{j≠l}`` of sampling set ``k``, by importance sampling:
+    of the rest past the sketch's part and of the sketch's part (``h``), their estimates,
+    variances and covariance ``(rest, h, var rest, var h, cov)``.
 
     Pairs ``(j, l)`` are drawn from ``weights ⊗ weights`` (``c[:n]``: their running sums)
     by inverting the normalized running sums at the uniform ``draws`` (the first half
     picks the ``j``, the second the ``l``); each contributes ``value(j, l) / (w_j w_l)``
     (0 for ``j = l`` or a zero weight). Set ``k < S`` (sign σ): ``value = e_j e_l
-    (v_j - y)·(v_l - y) (e^{σγ k̃_j·k̃_l} - 1)``, the key interactions of ``ρ``; set ``S``
-    (coupled): ``value = p_j p_l (v_j - y)·(v_l - y) r_jl``, ``r_jl`` the coupling's pair
-    form less its parts summed exactly (``favorkit.attention._accuracy._rows_error``).
+    (v_j - y)·(v_l - y) (e^x - 1 - x - x²/2)`` with ``x = σγ k̃_j·k̃_l``, the key
+    interactions of ``ρ`` past second order, and ``h`` the same with ``x + x²/2``; set
+    ``S`` (coupled): ``value = p_j p_l (v_j - y)·(v_l - y) r_jl``, ``r_jl`` the coupling's
+    pair form less its second-order form (:func:`_control`) and ``h`` the latter's terms
+    in ``k̃_j·k̃_l`` (:func:`_sketched`), each less its ``j = l`` values spread as
+    ``(h_j + h_l)/2``, a zero sum over all pairs
+    (``favorkit.attention._accuracy._rows_error``).
     ``br``, ``yvr``, ``yr``: the row's logits, ``y·v_j`` and output; ``idx``, ``ent``,
     ``vals``: scratch.
     """
@@ -261,6 +303,7 @@ def _row_pairs(
     n_pairs = vals.size
     gamma = moment[1]
     d, step, linear = coupling[1], coupling[2], coupling[3]
+    lam = linear * _mean(signs)  # λ̄: the pair form's first order, averaged over the signs
     _search_all(c, n, draws, idx)
     # The sampled keys' quantities, formed as row_sums forms them: ent[q] = (weight, e or p,
     # z, c, h) (the last three for the coupled set; h = χ_jj less its second-order part).
@@ -290,13 +333,14 @@ def _row_pairs(
             chi = exp64(_read(tables, 0, zj, step))
             if S == 2:
                 chi = 0.5 * (chi + exp64(_read(tables, 1, zj, step)))
-            cv = curv * (4.0 * d * cj**2 - zj * zj)
+            cv = _control(curv, d, lam, 2.0 * cj + kk[j], zj, zj)
             mag = 1.0 + abs(chi - 1.0) + abs(cv)
             ent[q, 0] = p * math.sqrt(0.0 if x < 0.0 else x) * math.sqrt(mag)
             ent[q, 1] = p
             ent[q, 2] = zj
             ent[q, 3] = cj
             ent[q, 4] = _chi_diag(tables, S, zj, step) - cv
+            ent[q, 5] = _sketched(curv, d, lam, 2.0 * cj, kk[j])
     # The pairs' key and value rows are random rows of L-row arrays: prefetched a few pairs
     # ahead, their cache misses overlap.
     for q in range(min(_AHEAD, n_pairs)):
@@ -315,29 +359,48 @@ def _row_pairs(
         qj = q
         ql = n_pairs + q
         vals[q] = 0.0
+        hvals[q] = 0.0
         if j == l or not (ent[qj, 0] > 0 and ent[ql, 0] > 0):
             continue
         dc = _dot_centered(Vx, j, l, yr, d_v)
         kd = _dot(Kk, j, Kk, l)
         if k < S:
-            value = ent[qj, 1] * ent[ql, 1] * dc * math.expm1(signs[k] * gamma * kd)
+            # Its first two orders in x = σγ k̃_j·k̃_l (the sketch's part), and the rest.
+            x = signs[k] * gamma * kd
+            low = x + 0.5 * x * x
+            rest = math.expm1(x) - low
+            front = ent[qj, 1] * ent[ql, 1] * dc
         else:
             za, zb = ent[qj, 2], ent[ql, 2]
-            s = ent[qj, 3] + ent[ql, 3] + kd
-            cv = row[COL_CURV] * (d * (ent[qj, 3] + ent[ql, 3]) ** 2 - za * zb)
+            cs = ent[qj, 3] + ent[ql, 3]
+            s = cs + kd
+            cv = _control(row[COL_CURV], d, lam, s, za, zb)
             rest = _pair(tables, S, za, zb, s, step, linear, d) - cv
             rest = rest - 0.5 * (ent[qj, 4] + ent[ql, 4])
-            value = ent[qj, 1] * ent[ql, 1] * dc * rest
-        vals[q] = value / (ent[qj, 0] * ent[ql, 0])
+            # The control's terms in k̃_j·k̃_l (the sketch's part), with their j = l
+            # values spread as h_j (a zero sum over all pairs).
+            low = _sketched(row[COL_CURV], d, lam, cs, kd) - 0.5 * (ent[qj, 5] + ent[ql, 5])
+            front = ent[qj, 1] * ent[ql, 1] * dc
+        weight = ent[qj, 0] * ent[ql, 0]
+        vals[q] = front * rest / weight
+        hvals[q] = front * low / weight
     mean = 0.0
+    hmean = 0.0
     for q in range(n_pairs):
         mean += vals[q]
+        hmean += hvals[q]
     mean /= n_pairs
+    hmean /= n_pairs
     spread = 0.0
+    hspread = 0.0
+    cross = 0.0
     for q in range(n_pairs):
         spread += (vals[q] - mean) ** 2
+        hspread += (hvals[q] - hmean) ** 2
+        cross += (vals[q] - mean) * (hvals[q] - hmean)
     scale = c[n - 1] ** 2
-    return scale * mean, scale**2 * (spread / (n_pairs - 1)) / n_pairs
+    norm = scale**2 / ((n_pairs - 1) * n_pairs)
+    return scale * mean, scale * hmean, norm * spread, norm * hspread, norm * cross
 
 
 @numba.njit(**_JIT)
@@ -399,8 +462,8 @@ def _weight_rows(r, j0, j1, br, ur, kk, keys_ok, row, alpha, tau, lin0, lin1, S,
 
 @numba.njit(**_JIT)
 def row_sums(
-    U, Kk, Vx, vv, kk, uu, keys_ok, limits, moment, signs, coupling, tables, draws,
-    y, sums, est, var, b_out, yv_out, cdf_out,
+    U, Kk, Vx, vv, kk, uu, keys_ok, limits, moment, signs, coupling, tables, sketch, A,
+    draws, y, sums, est, var, first, b_out, yv_out, cdf_out,
 ):  # fmt: skip
     """The per-row sums of the error prediction over keys, for a block of query rows.
 
@@ -429,6 +492,11 @@ def row_sums(
         else the block coupling's table step and linear coefficient (exponential maps).
     tables : (2, 2, N) float64
         The coupling's log-moment tables at ``(c, -c)``: values and slopes.
+    sketch : (L, 4 D) float32 or float64 (the dtype of ``Kk``), C-contiguous
+        The sketch's key columns (:func:`sketch_columns`), for ``D`` Gaussian triples
+        ``(a_i, b_i, b'_i)``.
+    A : (D, d_v) float64
+        The ``a_i``.
     draws : (R, n_sets, 2, n_pairs) float64, or with 0 rows
         The uniform draws of every row and set (``[r, k, 0]`` pick the first keys of the
         pairs, ``[r, k, 1]`` the second): rows with a positive total weight in a set are
@@ -438,8 +506,18 @@ def row_sums(
         The exact attention output rows, and a 0 (0 where a row sees no key).
     sums : (R, N_COLS) float64, output
         See the ``COL_*``, ``SIGN_*`` indices.
-    est, var : (R, n_sets) float64, output
-        The key-pair sums and their sampling variances (0 where not sampled).
+    est : (R, n_sets, 2) float64, output
+        The key-pair sums over ``j ≠ l`` of the rest past the sketch's part, and of the
+        sketch's part (0 where not sampled).
+    var : (R, n_sets, 3) float64, output
+        Their sampling variances and covariance.
+    first : (R, n_sets, D) float64, output
+        The sketch's samples of each set's key-pair sum over all pairs to second order in
+        ``k̃_j·k̃_l`` (0 where a row sees no key): ``σγ X_i² + γ²/2 Y_i²`` per sign, with
+        ``X_i = Σ_j e_j (a_i·(v_j - y)) (b_i·k̃_j)`` (``E X_i² = ‖Σ_j e_j (v_j - y)
+        k̃_jᵀ‖²``) and ``Y_i = Σ_j e_j (a_i·(v_j - y)) (b_i·k̃_j) (b'_i·k̃_j)``; coupled,
+        ``curv d (4 X^c_i X^p_i + (Y^p_i)²) + λ̄ (X^p_i)²`` with the weights ``p_j``
+        (``X^p``, ``Y^p``) and ``p_j c_j`` (``X^c``).
     b_out, yv_out : (R, L) float64, output
         The logits ``ũ·k̃_j`` and ``y·v_j``, ``[:limits[r]]`` of each row; with 0 columns,
         not written.
@@ -465,6 +543,11 @@ def row_sums(
     y[:] = 0.0
     est[:] = 0.0
     var[:] = 0.0
+    first[:] = 0.0
+    n_sk = sketch.shape[1] // 4
+    lam = linear * _mean(signs)
+    # The sketched weight rows, one run of W: P, e per sign, P c (coupled) or the e's.
+    lo, hi = (0, 2 + S) if coupled else (1, 1 + S)
     Lb = 0
     for r in range(R):
         Lb = max(Lb, limits[r])
@@ -516,6 +599,7 @@ def row_sums(
     # the weighted sums of the values and the sums of the weights (P's is the
     # normalizer). One GEMM per chunk of keys, so that the weights stay in cache.
     sv = np.zeros((n_w * R, d_v + 1))
+    sk = np.zeros(((hi - lo) * R, 4 * n_sk))
     chunk = min(_KEY_CHUNK, Lb)
     w_buf = np.empty(n_w * R * chunk, dtype=Vx.dtype)  # one buffer: no page faults per chunk
     for j0 in range(0, Lb, _KEY_CHUNK):
@@ -531,6 +615,8 @@ def row_sums(
                 for j in range(max(stop, j0) - j0, j1 - j0):
                     W[w, r, j] = 0.0
         sv += np.dot(W.reshape(n_w * R, j1 - j0), Vx[j0:j1])
+        start, width = lo * R * (j1 - j0), (hi - lo) * R * (j1 - j0)
+        sk += np.dot(w_buf[start : start + width].reshape((hi - lo) * R, j1 - j0), sketch[j0:j1])
     for r in range(R):
         if sums[r, COL_SEEN] == 0.0:
             continue
@@ -568,6 +654,32 @@ def row_sums(
                 cc += sc * sc
                 zz += sz * sz
             sums[r, COL_CROSS] = curv * (d * (2.0 * cc) - zz)
+    # The sketch's samples: X_i = Σ_j w_j (a_i·(v_j - y)) (b_i·k̃_j) from the GEMM's sums
+    # of (a_i·v_j)(b_i·k̃_j) and of b_i·k̃_j; Y_i the same with (b_i·k̃_j)(b'_i·k̃_j).
+    ay = np.empty(n_sk)
+    for r in range(R):
+        if sums[r, COL_SEEN] == 0.0:
+            continue
+        for i in range(n_sk):
+            acc = 0.0
+            for k in range(d_v):
+                acc += A[i, k] * y[r, k]
+            ay[i] = acc
+        for s in range(S):
+            row = (1 + s - lo) * R + r
+            for i in range(n_sk):
+                x = sk[row, i] - ay[i] * sk[row, n_sk + i]
+                x2 = sk[row, 2 * n_sk + i] - ay[i] * sk[row, 3 * n_sk + i]
+                first[r, s, i] = signs[s] * gamma * x * x + half_gamma * gamma * x2 * x2
+        if coupled:
+            total = sums[r, COL_TOTAL]
+            dc = d * sums[r, COL_CURV]
+            row = (1 + S) * R + r
+            for i in range(n_sk):
+                xp = (sk[r, i] - ay[i] * sk[r, n_sk + i]) / total
+                xp2 = (sk[r, 2 * n_sk + i] - ay[i] * sk[r, 3 * n_sk + i]) / total
+                xc = (sk[row, i] - ay[i] * sk[row, n_sk + i]) / total
+                first[r, S, i] = dc * (4.0 * xc * xp + xp2 * xp2) + lam * xp * xp
     # y·v_j, for |v_j - y|² (y's last entry, 0, drops the ones)
     yv = _dots(y.astype(Vx.dtype), Vx[:Lb])
     w2 = np.empty(Lb)
@@ -577,8 +689,9 @@ def row_sums(
     cdf = np.empty((n_sets, Lb))
     n_pairs = draws.shape[3]
     idx = np.empty(2 * n_pairs, dtype=np.int64)
-    ent = np.empty((2 * n_pairs, 5))
+    ent = np.empty((2 * n_pairs, 6))
     vals = np.empty(n_pairs)
+    hvals = np.empty(n_pairs)
     for r in range(R):
         if sums[r, COL_SEEN] == 0.0:
             continue
@@ -615,13 +728,14 @@ def row_sums(
                     ell = (bj + alpha * _z(two_tau, bj, ur, kk[j])) + lin * bj
                     x = (ell + half_gamma * kk[j]) - top_b if keys_ok[j] else -np.inf
                     weights[j] = exp64(x) * math.sqrt(w2[j])
-            diag, ggee = _diag_sums(G, PE[1 + s, 0], w2, n)
+            diag, ggee, d1, d2 = _diag_sums(G, PE[1 + s, 0], w2, kk, n)
             sums[r, col + SIGN_DIAG] = diag
             sums[r, col + SIGN_GGEE] = ggee
+            sums[r, col + SIGN_D1] = d1
+            sums[r, col + SIGN_D2] = d2
         if coupled:
             total = sums[r, COL_TOTAL]
             curv = sums[r, COL_CURV]
-            four_d = 4.0 * d
             weights = cdf[S]
             P = PE[0, 0]
             # χ_jj = exp(log M) - 1, or the mean over the signs: exp(x) - 1 stands for
@@ -642,7 +756,7 @@ def row_sums(
                 bj = br[j]
                 zj = _z(two_tau, bj, ur, kk[j])
                 cj = 0.5 * ur + tau * bj
-                cv = curv * (four_d * cj**2 - zj * zj)
+                cv = _control(curv, d, lam, 2.0 * cj + kk[j], zj, zj)
                 mag = 1.0 + abs(chi[j] - 1.0) + abs(cv)
                 wj = (P[j] / total) * math.sqrt(w2[j]) * math.sqrt(mag)
                 weights[j] = wj if keys_ok[j] else 0.0
@@ -685,11 +799,13 @@ def row_sums(
                     cdf_out[r, k, j] = cdf[k, j]
         for k in range(n_sets):
             if sample and sums[r, COL_WTOT + k] > 0:
-                est[r, k], var[r, k] = _row_pairs(
+                out = _row_pairs(
                     k, cdf[k], n, draws[r, k].reshape(2 * n_pairs), br, yv[r], y[r],
                     sums[r], ur, Kk, Vx, vv, kk, signs, moment, coupling, tables, idx,
-                    ent, vals,
+                    ent, vals, hvals,
                 )  # fmt: skip
+                est[r, k, 0], est[r, k, 1] = out[0], out[1]
+                var[r, k, 0], var[r, k, 1], var[r, k, 2] = out[2], out[3], out[4]
 
 
 @numba.njit(**_JIT)
@@ -707,25 +823,28 @@ def sampled_pairs(
         As for :func:`row_sums`; rows with a total weight of 0 in a set are skipped.
     y, sums, b, yv, cdf
         :func:`row_sums`'s ``y``, ``sums``, ``b_out``, ``yv_out``, ``cdf_out``.
-    est, var : (R, n_sets) float64, output
-        The key-pair sums and their sampling variances (0 where skipped).
+    est, var : (R, n_sets, 2) and (R, n_sets, 3) float64, output
+        As for :func:`row_sums` (0 where skipped).
     """
     R = uu.shape[0]
     n_sets = cdf.shape[1]
     n_pairs = draws.shape[3]
     idx = np.empty(2 * n_pairs, dtype=np.int64)
-    ent = np.empty((2 * n_pairs, 5))
+    ent = np.empty((2 * n_pairs, 6))
     vals = np.empty(n_pairs)
+    hvals = np.empty(n_pairs)
+    est[:] = 0.0
+    var[:] = 0.0
     for r in range(R):
         for k in range(n_sets):
-            est[r, k] = 0.0
-            var[r, k] = 0.0
             if sums[r, COL_WTOT + k] > 0:
-                est[r, k], var[r, k] = _row_pairs(
+                out = _row_pairs(
                     k, cdf[r, k], limits[r], draws[r, k].reshape(2 * n_pairs), b[r], yv[r],
                     y[r], sums[r], uu[r], Kk, Vx, vv, kk, signs, moment, coupling, tables,
-                    idx, ent, vals,
+                    idx, ent, vals, hvals,
                 )  # fmt: skip
+                est[r, k, 0], est[r, k, 1] = out[0], out[1]
+                var[r, k, 0], var[r, k, 1], var[r, k, 2] = out[2], out[3], out[4]
 
 
 @numba.njit(**_REASSOC)
@@ -762,6 +881,26 @@ def key_rows(K, V, root, psi, center, Kk, kk, Vx, vv):
             Vx[j, k] = np.float64(V[j, k]) - center[k]
         Vx[j, d_v] = 1.0
         vv[j] = _sum_squares(Vx, j, d_v)
+
+
+@numba.njit(**_JIT)
+def sketch_columns(Kk, Vx, A, B, B2, out):
+    """The sketch's key columns for a block of keys, in four runs of D:
+    ``(a_i·v_j)(b_i·k̃_j)``, ``b_i·k̃_j``, ``(a_i·v_j)(b_i·k̃_j)(b'_i·k̃_j)``,
+    ``(b_i·k̃_j)(b'_i·k̃_j)``; ``A`` (D, d_v + 1) holds the ``a_i`` with a 0 appended (for
+    ``Vx``'s column of ones), ``B``, ``B2`` (D, d) the ``b_i``, ``b'_i``, in ``Kk``'s
+    dtype."""
+    n_sk = A.shape[0]
+    av = np.dot(Vx, A.T)
+    bk = np.dot(Kk, B.T)
+    bk2 = np.dot(Kk, B2.T)
+    for j in range(Kk.shape[0]):
+        for i in range(n_sk):
+            x = av[j, i] * bk[j, i]
+            out[j, i] = x
+            out[j, n_sk + i] = bk[j, i]
+            out[j, 2 * n_sk + i] = x * bk2[j, i]
+            out[j, 3 * n_sk + i] = bk[j, i] * bk2[j, i]
 
 
 @numba.njit(**_REASSOC)

@@ -46,6 +46,10 @@ _QUERY_CHUNK = 64
 _BLOCK_ROWS = 16
 _SPLINE_NODES = 257
 _TABLE_NODES = 1 << 14
+# Gaussian triples (a_i, b_i, b'_i) of the key pairs' sketch: the relative standard deviation
+# of its estimate of ‖M‖_F² is sqrt(2/D) to sqrt(8/D) (flat to rank-one M). Its own
+# variance is small next to the pairs' sampling variance at D = 16 (L = 16 384: a sixth).
+_SKETCH = 16
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,7 @@ def _key_rows(K, V, root, psi, keys_ok, dtype=np.float64):
 
     ``center`` is the mean of at most 256 visible values at a fixed stride (a padded key's
     value may be anything): it only has to be near their mean, and costs nothing at any L.
+    Padded keys' rows are zeros.
     """
     L, d = K.shape
     visible = np.flatnonzero(keys_ok)
@@ -221,18 +226,62 @@ def _key_rows(K, V, root, psi, keys_ok, dtype=np.float64):
         acc_kernels.key_rows(K[r], V[r], root, psi, center, Kk[r], kk[r], Vx[r], vv[r])
 
     map_row_blocks(block, L)
+    # A padded key's row may hold anything (up to the dtype's largest number): zeroed, it
+    # cannot move the float32 check, the coupling's table range or a GEMM's sums (0 x inf).
+    hidden = ~keys_ok
+    if hidden.any():
+        Kk[hidden], kk[hidden], Vx[hidden, :-1], vv[hidden] = 0.0, 0.0, 0.0, 0.0
     return Kk, kk, Vx, vv, center
 
 
 def _float32_is_safe(U, kk, vv):
     """Whether the kernels' float32 GEMMs stay far from overflow (float32 ends at ~3.4e38):
     the logits ``|u·k̃| <= |u| |k̃|``, and the weighted sums of values, at most L times the
-    largest centred value (weights <= 1). An inf in ``kk`` or ``vv`` (a row beyond float32)
-    fails it too."""
+    largest centred value (weights <= 1), and of the sketch's products ``(a·v)(b·k̃)``
+    (Gaussian ``a``, ``b`` of dimension up to 10⁴: below 10⁴ |v| |k̃|). An inf in ``kk`` or
+    ``vv`` (a row beyond float32) fails it too."""
     with np.errstate(over="ignore", invalid="ignore"):
         logits = math.sqrt(float(np.einsum("ij,ij->i", U, U).max())) * math.sqrt(kk.max())
-        sums = math.sqrt(vv.max()) * vv.size
+        sums = math.sqrt(vv.max()) * vv.size * max(1.0, 1e4 * math.sqrt(kk.max()))
     return bool(logits < 1e30 and sums < 1e30)
+
+
+@dataclass(frozen=True)
+class Sketch:
+    """The key pairs' sketch of one sequence: Gaussian ``A`` (D, d_v), ``B`` and ``B2``
+    (D, d), and the kernels' key columns (L, 4D) in ``Kk``'s dtype
+    (:func:`favorkit._kernels.accuracy.sketch_columns`).
+
+    ``X_i = a_iᵀ M b_i`` has ``E X_i² = ‖M‖_F²`` for any matrix ``M``, and
+    ``M = Σ_j w_j (v_j - y) k̃_jᵀ`` gives ``X_i = Σ_j w_j (a_i·(v_j - y)) (b_i·k̃_j)``, so
+    ``E X_i² = Σ_{j,l} w_j w_l (v_j - y)·(v_l - y) k̃_j·k̃_l``; with a third factor
+    ``b'_i·k̃_j`` the same gives ``(k̃_j·k̃_l)²``. A row's ``X_i`` are one GEMM of its
+    weights with the columns, which every row of the sequence shares.
+    """
+
+    A: NDArray[np.float64]
+    B: NDArray[np.float64]
+    B2: NDArray[np.float64]
+    columns: NDArray
+
+    @classmethod
+    def draw(cls, rng, Kk, Vx, size=None):
+        """Draw ``A``, ``B``, then ``B2`` from ``rng``; form the columns on key blocks in
+        parallel."""
+        L, d = Kk.shape
+        size = _SKETCH if size is None else size
+        A = rng.standard_normal((size, Vx.shape[1] - 1))
+        B = rng.standard_normal((size, d))
+        B2 = rng.standard_normal((size, d))
+        A_ones = np.hstack([A, np.zeros((size, 1))]).astype(Kk.dtype)
+        Bs = [b.astype(Kk.dtype) for b in (B, B2)]
+        columns = np.empty((L, 4 * size), Kk.dtype)
+
+        def block(r):
+            acc_kernels.sketch_columns(Kk[r], Vx[r], A_ones, *Bs, columns[r])
+
+        map_row_blocks(block, L)
+        return cls(A, B, B2, columns)
 
 
 def _rng_state(rng, state=None):
@@ -248,7 +297,9 @@ def _rng_state(rng, state=None):
     return state
 
 
-def _rows_error(sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits, rng, n_pairs, center=None):
+def _rows_error(
+    sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits, rng, n_pairs, center=None, sketch=None
+):  # fmt: skip
     """Per-row sums for a block of query rows of one sequence (module docstring).
 
     Row ``r`` sees the keys ``j < limits[r]`` with ``keys_ok[j]``; ``Vx`` holds the values
@@ -259,10 +310,22 @@ def _rows_error(sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits, rng, n_pairs, c
     here, per sampling set in turn (one per sign, then the coupled one), for the rows
     with a positive total weight, so they do not depend on the blocks.
 
-    Returns (single, single_se², coupled_sum, coupled_se², normalizer relVar, |y|², seen):
-    per row, 0 where a row sees no key (``seen`` False).
+    ``sketch`` (a :class:`Sketch` of these keys; None: drawn here from ``rng`` first) sums
+    the key pairs' terms to second order in k̃_j·k̃_l; the pairs sample the rest.
+
+    Returns (single, single_var, coupled, coupled_var, normalizer relVar, |y|²,
+    single_first, coupled_first, seen), per row and 0 where a row sees no key (``seen``
+    False). ``single`` and ``coupled`` (rows x 3) hold the sum with the key pairs' rest
+    past second order (sampled), the sampled second-order part, and the sketched one (the
+    mean of ``single_first`` or ``coupled_first``, rows x D, less the pairs ``j = l``): the
+    sum is the first plus
+    either of the others (:func:`mix_sketch`); ``single_var`` and ``coupled_var`` (rows x
+    3) the variances of the two sampled parts and their covariance.
     """
     n_rows = U.shape[0]
+    if sketch is None:
+        sketch = Sketch.draw(rng, Kk, Vx)
+    n_sk = sketch.A.shape[0]
     signs = np.array(sm.signs, dtype=np.float64)
     n_signs = signs.size
     moment = np.array([sm.alpha, sm.gamma, float(sm.pair_sign)])
@@ -276,9 +339,10 @@ def _rows_error(sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits, rng, n_pairs, c
     Lk = Kk.shape[0]
     y = np.empty((n_rows, Vx.shape[1]))
     sums = np.empty((n_rows, acc_kernels.N_COLS))
-    est = np.empty((n_rows, n_sets))
-    var = np.empty((n_rows, n_sets))
-    fixed = (moment, signs, coupling, tables)
+    est = np.empty((n_rows, n_sets, 2))
+    var = np.empty((n_rows, n_sets, 3))
+    first = np.empty((n_rows, n_sets, n_sk))
+    fixed = (moment, signs, coupling, tables, sketch.columns, sketch.A)
     # Every row that sees two keys or more is sampled in every set unless all its sampling
     # weights are 0: draw for those rows first and sample in the same pass as the sums; if
     # a row turns out to have no weight, draw again for the rows that have.
@@ -292,7 +356,7 @@ def _rows_error(sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits, rng, n_pairs, c
     def block_sums(rows, draws=draws, out=unstored):
         acc_kernels.row_sums(
             U[rows], Kk, Vx, vv, kk, uu[rows], keys_ok, limits[rows], *fixed, draws[rows],
-            y[rows], sums[rows], est[rows], var[rows], *(a[rows] for a in out),
+            y[rows], sums[rows], est[rows], var[rows], first[rows], *(a[rows] for a in out),
         )  # fmt: skip
 
     map_row_blocks(block_sums, n_rows, _BLOCK_ROWS)
@@ -308,15 +372,17 @@ def _rows_error(sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits, rng, n_pairs, c
 
         def block_pairs(rows):
             acc_kernels.sampled_pairs(
-                Kk, Vx, vv, kk, uu[rows], limits[rows], *fixed, draws[rows], y[rows],
+                Kk, Vx, vv, kk, uu[rows], limits[rows], *fixed[:4], draws[rows], y[rows],
                 sums[rows], *(a[rows] for a in stored), est[rows], var[rows],
             )  # fmt: skip
 
         map_row_blocks(block_pairs, n_rows, _BLOCK_ROWS)
 
     seen = sums[:, acc_kernels.COL_SEEN] > 0
-    single = np.zeros(n_rows)
-    single_var = np.zeros(n_rows)
+    single = np.zeros((n_rows, 3))
+    single_var = np.zeros((n_rows, 3))
+    single_first = np.zeros((n_rows, n_sk))
+    single_same = np.zeros(n_rows)
     norm = np.zeros(n_rows)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         # ℓ's row constants, -max b - log Σ exp(b - max b), left out by the kernel.
@@ -328,24 +394,37 @@ def _rows_error(sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits, rng, n_pairs, c
             scale = np.exp(np.minimum(log_front, 700.0)) / n_signs
             scale[log_front > 700.0] = np.inf
             bracket = sums[:, col + acc_kernels.SIGN_S1SQ] + sums[:, col + acc_kernels.SIGN_DIAG]
-            single += scale * (bracket + est[:, k])
-            single_var += (scale**2) * var[:, k]
+            # The pairs' terms to second order: all pairs, sketched, less the pairs j = l.
+            same = (sigma * sm.gamma) * sums[:, col + acc_kernels.SIGN_D1]
+            same += (0.5 * sm.gamma**2) * sums[:, col + acc_kernels.SIGN_D2]
+            single_first += scale[:, None] * first[:, k]
+            single_same += scale * same
+            single[:, 0] += scale * (bracket + est[:, k, 0])
+            single[:, 1] += scale * est[:, k, 1]
+            single_var += (scale**2)[:, None] * var[:, k]
             # The normalizer's one-projection relVar (its key interactions left out).
             sum_e = sums[:, col + acc_kernels.SIGN_SUM_E]
             norm += scale * (sum_e**2 + sums[:, col + acc_kernels.SIGN_GGEE])
         norm_relvar = np.maximum(norm - 1.0, 0.0)
+        single[:, 2] = single_first.mean(axis=1) - single_same
     # No clipping per row: a row's sampled interactions may be negative; only the total
     # is (clipping each row would bias the sum upwards).
     single = np.where(np.isnan(single), np.inf, single)
-    cross = np.zeros(n_rows)
-    cross_var = np.zeros(n_rows)
+    cross = np.zeros((n_rows, 3))
+    cross_var = np.zeros((n_rows, 3))
+    cross_first = np.zeros((n_rows, n_sk))
     if coupled is not None:
-        cross = sums[:, acc_kernels.COL_CROSS] + est[:, n_signs]
+        cross_first = first[:, n_signs]
+        cross[:, 0] = sums[:, acc_kernels.COL_CROSS] + est[:, n_signs, 0]
+        cross[:, 1] = est[:, n_signs, 1]
+        cross[:, 2] = cross_first.mean(axis=1)
         cross_var = var[:, n_signs]
     y_out = y[:, :-1] if center is None else y[:, :-1] + center
     y2 = np.einsum("ij,ij->i", y_out, y_out)  # |y|² of the values as given
-    out = [single, single_var, cross, cross_var, norm_relvar, y2]
-    return (*(np.where(seen, a, 0.0) for a in out), seen)
+    parts = (np.where(seen[:, None], a, 0.0) for a in (single, single_var, cross, cross_var))
+    rest = (np.where(seen, a, 0.0) for a in (norm_relvar, y2))
+    firsts = (np.where(seen[:, None], a, 0.0) for a in (single_first, cross_first))
+    return (*parts, *rest, *firsts, seen)
 
 
 class _Coupling:
@@ -663,10 +742,18 @@ def predict_rows(
     Lk = Kf.shape[1]
     seqs, rows, weights = sample_rows(n_seq, Lq, n_queries, rng, causal)
     dtype = np.result_type(Qf, Kf, Vf, np.float32)
+    # The values in units of a power of two near their largest visible one (exact): the
+    # relative error does not depend on them, and |y|² and the float32 GEMMs' sums then stay
+    # in range for values up to the dtype's end (a padded key's value may be anything).
+    top = float(np.max(np.abs(Vf if mask is None else Vf[~mask]), initial=0.0))
+    unit = 2.0 ** math.floor(math.log2(top)) if top > 0 else 1.0
+    Vf = Vf / np.asarray(unit, Vf.dtype)
     c = coupling_cosine(projection, d)
     pairs = float(pair_count(np.int64(m), d, projection))
     parts = []  # per seen row: single, its variance, cross, its variance, |y|², weight, share
     relvar_rows = []
+    # Each sketch sample's key-pair terms, summed over rows (single, coupled).
+    firsts = np.zeros((2, _SKETCH))
     for n in np.unique(seqs):
         keys_ok = np.ones(Lk, bool) if mask is None else ~mask[n]
         if causal_params is None and fmap.fitted:
@@ -684,42 +771,55 @@ def predict_rows(
         if c is not None:
             z_max = float((np.sqrt((U_all**2).sum(1).max()) + np.sqrt(kk.max())) ** 2)
             coupled = _Coupling(c, d, sm.pair_sign < 0, z_max, sm.signs)
+        sketch = Sketch.draw(rng, Kk, Vx)
         seq_rows = rows[seqs == n]
         for start in range(0, seq_rows.size, _QUERY_CHUNK):
             r = seq_rows[start : start + _QUERY_CHUNK]
             # Row i sees the keys j <= i (causal) or all, less the padded ones.
             limits = np.minimum(r + 1, Lk) if causal else np.full(r.size, Lk)
             U = U_all[start : start + _QUERY_CHUNK]
-            single, single_var, cross, cross_var, relvar, y2, seen = _rows_error(
+            out = _rows_error(
                 sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits.astype(np.int64), rng, n_pairs,
-                center,
+                center, sketch,
             )  # fmt: skip
-            err_rows = single / m + pairs / m**2 * cross
+            single, single_var, cross, cross_var, relvar, y2, s_first, c_first, seen = out
+            row_w = weights[seqs == n][start : start + _QUERY_CHUNK]
+            with np.errstate(invalid="ignore", over="ignore"):
+                firsts += np.stack([row_w @ s_first, row_w @ c_first])
             kurt = _lognormal_excess_kurtosis(np.log1p(relvar))
             unreliable = (kurt / m > _KURTOSIS_LIMIT) | (relvar / m > _NONLINEAR)
             relvar_rows.append(relvar[seen])
-            share = np.where(unreliable, err_rows, 0.0)
-            row_w = weights[seqs == n][start : start + _QUERY_CHUNK]
             parts.append(
-                np.stack([single, single_var, cross, cross_var, y2, row_w, share])[:, seen]
+                np.hstack(
+                    [single, single_var, cross, cross_var, np.stack([y2, row_w, unreliable], 1)]
+                )[seen]
             )
-    single, single_var, cross, cross_var, y2, w, share = np.concatenate(parts, axis=1)
-    n_seen = single.size
-    # Each row stands for w rows of the population: its sums count w times, the variances
-    # of its sampled key pairs w² times.
-    with np.errstate(invalid="ignore", over="ignore"):
-        row_err = single / m + pairs / m**2 * cross
-        single, cross, out_sq = (float(w @ a) for a in (single, cross, y2))
-        single_var, cross_var = (float((w * w) @ a) for a in (single_var, cross_var))
-        unreliable_err = float(w @ share)
-    dv = Vf.shape[2]
+    parts = np.concatenate(parts)
+    y2, w, unreliable = parts[:, 12], parts[:, 13], parts[:, 14] > 0
+    n_seen = y2.size
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        sq_err = max(single / m + pairs / m**2 * cross, 0.0)
+        # Each row stands for w rows of the population: its sums count w times, the
+        # variances of its sampled key pairs w² times.
+        single, single_var, s_sketch = mix_sketch(parts[:, 0:3], parts[:, 3:6], firsts[0], w)
+        cross, cross_var, c_sketch = mix_sketch(parts[:, 6:9], parts[:, 9:12], firsts[1], w)
+        row_err = single / m + pairs / m**2 * cross
+        # Not finite only where terms overflowed (inf, or inf - inf): an unbounded error.
+        row_err = np.where(np.isfinite(row_err), row_err, np.inf)
+        sq_err = max(float(w @ row_err), 0.0)
+        out_sq = float(w @ y2)
         rel = math.sqrt(sq_err / out_sq) if out_sq > 0 else math.inf
-        var_sq = single_var / m**2 + (pairs / m**2) ** 2 * cross_var
+        var_sq = (w * w) @ (single_var / m**2 + (pairs / m**2) ** 2 * cross_var)
         var_sq += row_sampling_variance(row_err, y2, w)
+        # The sketch's samples are shared by the rows of a sequence (independent across
+        # sequences): the variances of the means of their sums over rows, the two sets'
+        # taken as correlated at worst.
+        sketch_sd = math.sqrt(s_sketch) / m + pairs / m**2 * math.sqrt(c_sketch)
+        var_sq += sketch_sd * sketch_sd  # (a float's ** 2 raises on overflow)
         se = relative_standard_error(sq_err, var_sq, out_sq)
-        share = unreliable_err / (single / m + pairs / m**2 * cross) if sq_err else 0.0
+        if math.isnan(se) or not math.isfinite(rel):
+            se = math.inf  # an unbounded prediction (or its spread) has no finite error
+        share = float(w[unreliable] @ row_err[unreliable]) / sq_err if sq_err else 0.0
+        single, cross = (float(np.nan_to_num(w @ a, nan=np.inf)) for a in (single, cross))
     relvar_all = np.concatenate(relvar_rows) if relvar_rows else np.zeros(1)
     heavy = not math.isfinite(sq_err) or share > _HEAVY_SHARE
     reason = ""
@@ -738,7 +838,7 @@ def predict_rows(
         projection=projection,
         n_components=m,
         relative_error=float(rel),
-        mse=float(sq_err / max(float(w.sum()) * dv, 1)),
+        mse=float(sq_err / max(float(w.sum()) * Vf.shape[2], 1)) * unit * unit,
         standard_error=se,
         heavy_tailed=bool(heavy),
         reason=reason,
@@ -748,6 +848,43 @@ def predict_rows(
         _output_sq=float(out_sq) if out_sq > 0 else 1.0,
         _block=d,
     )
+
+
+def mix_sketch(sums, variances, first, weights):
+    """Per row, a set's sum with its key pairs' second-order part taken ``β`` from the
+    sketch and ``1 - β`` from the pairs, and the variance of its sampled part; ``β`` (in
+    [0, 1]) minimizes the variance of the weighted total; and ``β`` times the sketch's
+    variance.
+
+    ``sums``, ``variances``: :func:`_rows_error`'s (rows x 3); ``first`` the sketch's
+    samples summed over rows with ``weights``. The second-order part ``h`` serves as a
+    control variate of the sampled pairs: with ``C_hh = Σ w² var h``, ``C_h = Σ w² cov(h,
+    rest + h)`` and the sketch's variance ``V``, ``β = C_h / (C_hh + V)``. Long sequences
+    (many keys, sampled pairs that cancel) take it from the sketch, short ones from the
+    pairs, whose variance there is below the sketch's.
+
+    ``V`` is the spread of the sketch's samples, but at least ``2 X̄²/D``: a sample
+    ``(aᵀ M b)²`` is, given ``b``, ``|M b|²`` times a χ²₁, whose variance is at least twice
+    its squared mean; with few samples their spread alone would often be far below it.
+    """
+    var_rest, var_h, cov = variances.T
+    w2 = weights * weights
+    spread = float(np.var(first, ddof=1)) if first.size > 1 else 0.0
+    centre = float(np.mean(first))
+    sketch_var = max(spread, 2.0 * centre * centre) / first.size
+    c_hh = float(w2 @ var_h)
+    c_h = c_hh + float(w2 @ cov)
+    beta = c_h / (c_hh + sketch_var) if c_hh + sketch_var > 0 else 1.0
+    beta = min(max(beta, 0.0), 1.0) if math.isfinite(beta) else 1.0
+    keep = 1.0 - beta
+    # A part weighted 0 is left out (not multiplied: it may be inf at hostile scales).
+    mixed, var = sums[:, 0].copy(), var_rest.copy()
+    if keep:
+        mixed += keep * sums[:, 1]
+        var += 2.0 * keep * cov + keep**2 * var_h
+    if beta:
+        mixed += beta * sums[:, 2]
+    return mixed, var, beta**2 * sketch_var
 
 
 def row_sampling_variance(row_errors, row_outputs, weights):
@@ -777,7 +914,7 @@ def relative_standard_error(sq_err, var_sq, out_sq):
             return math.inf
         if sq_err <= noise:
             return math.sqrt(noise / out_sq)
-        return noise / (2.0 * math.sqrt(sq_err * out_sq))
+        return noise / (2.0 * math.sqrt(sq_err) * math.sqrt(out_sq))  # no underflow to 0
 
 
 def comparable(predicted, measured):
