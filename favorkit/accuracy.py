@@ -43,22 +43,22 @@ over key pairs by importance sampling with a fixed seed, and so is the second-or
 again, as a control variate: the two estimates of it are mixed with the weight that
 minimizes the variance of the total. The pairs' estimate wins for short sequences; the
 sketch's for long ones, where the sampled terms cancel in sign and their sampling error
-grows with the keys a row sees (at L = 16 384 the sampled pairs alone gave 0.08 ± 0.63
-where 8 redraws measure 0.42; now 0.51 ± 0.04). The standard error of all of it (with
-that of the row sample) is part of the result; where it is not small next to the
-prediction, raise ``n_pairs`` or ``n_queries``. Cost: O(n_queries L (d + d_v)): GEMMs
-over the sampled rows and every key (float32 for float32 inputs), and Numba passes over
-each row's keys while they are in cache; at L = 16 384, d = 64, m = 256 the default 64
-rows cost COST attention calls.
+grows with the keys a row sees (at L = 16 384, d = 64, bidirectional, 256 pairs per row
+alone predict 0.08 ± 0.63 where redraws measure 0.41; with the sketch 0.50 ± 0.08). The
+standard error of all of it (with that of the row sample) is part of the result; where it
+is not small next to the prediction, raise ``n_pairs`` or ``n_queries``. Cost:
+O(n_queries L (d + d_v)): GEMMs over the sampled rows and every key (float32 for float32
+inputs), and Numba passes over each row's keys while they are in cache; at L = 16 384,
+d = 64, m = 256 the default 64 rows cost 1.1-1.8 attention calls (the sketch about 0.3).
 
 The expansion is first order: the ratio ``N/D`` normalizes itself, so where one-projection
 estimates are heavy-tailed a typical draw does better than the expectation and the
 prediction is an upper estimate (tests: within a factor 1.5 of the measured error wherever
 it is below 0.5 and not flagged, on d in {16, 64}, ``|q|, |k| ~ 0.25 or 0.5 N(0, 1)``, every
 estimator, causal and bidirectional, predicted from 2048 key pairs per row and measured
-over 32 redraws: ratios 0.82-1.29; over five seeds of its samples all 335 compared cases
-within the factor). At m = 64 the expansion's own overestimate shows: 1.22-1.32x at d = 16,
-``|q|, |k| ~ 0.5 N(0, 1)``, L = 1024, against 384 redraws.
+over 32 redraws: ratios 0.81-1.32; over five seeds of its samples all 345 compared cases
+within the factor, 0.78-1.34). At m = 64 the expansion's own overestimate shows:
+1.22-1.32x at d = 16, ``|q|, |k| ~ 0.5 N(0, 1)``, L = 1024, against 384 redraws.
 
 **Heavy tails.** The one-projection estimates are log-normal-like: with ``σ²`` the
 log-variance of a row's normalizer estimate, the mean of m of them has excess kurtosis

@@ -646,7 +646,8 @@ def predict_attention_error(
     The expected squared error of each sampled output row to first order in the kernel
     estimates' relative errors (the module docstring: the exact one-projection covariances
     of the map, the coupling of orthogonal or simplex blocks, key pairs summed exactly where
-    they factorize and sampled where they do not).
+    they factorize, sketched to second order in ``k̃_j·k̃_l`` and sampled past it where they
+    do not).
 
     Parameters
     ----------
@@ -672,11 +673,12 @@ def predict_attention_error(
         ``n_queries // (4 n_seq)`` rows of every sequence with certainty (an early row
         averages few values and carries a large share of ``‖Y‖²``) and samples the rest.
     n_pairs : int, default=256
-        Key pairs sampled per row for the key-key interactions. Their sampling error
-        (part of ``standard_error``) grows with the keys a row sees; raise it where
-        ``standard_error`` is not small next to ``relative_error`` (cost: linear in it).
+        Key pairs sampled per row for the key-key interactions past second order in
+        ``k̃_j·k̃_l`` (and for the second-order part, mixed with the sketch's estimate of
+        it). Their sampling error is part of ``standard_error``; raise it where that is not
+        small next to ``relative_error`` (cost: linear in it).
     random_state : int, Generator or None, default=0
-        Seeds the row and pair samples (not a projection: there is none).
+        Seeds the row and pair samples and the sketch (not a projection: there is none).
 
     Returns
     -------
@@ -742,12 +744,14 @@ def predict_rows(
     Lk = Kf.shape[1]
     seqs, rows, weights = sample_rows(n_seq, Lq, n_queries, rng, causal)
     dtype = np.result_type(Qf, Kf, Vf, np.float32)
-    # The values in units of a power of two near their largest visible one (exact): the
-    # relative error does not depend on them, and |y|² and the float32 GEMMs' sums then stay
-    # in range for values up to the dtype's end (a padded key's value may be anything).
+    # Values far from 1 in units of a power of two near their largest visible one (exact):
+    # the relative error does not depend on them, and |y|² and the float32 GEMMs' sums then
+    # stay in range up to the dtype's end (a padded key's value may be anything).
     top = float(np.max(np.abs(Vf if mask is None else Vf[~mask]), initial=0.0))
-    unit = 2.0 ** math.floor(math.log2(top)) if top > 0 else 1.0
-    Vf = Vf / np.asarray(unit, Vf.dtype)
+    unit = 1.0
+    if top > 0 and not 2.0**-60 < top < 2.0**60:
+        unit = 2.0 ** math.floor(math.log2(top))
+        Vf = Vf / np.asarray(unit, Vf.dtype)
     c = coupling_cosine(projection, d)
     pairs = float(pair_count(np.int64(m), d, projection))
     parts = []  # per seen row: single, its variance, cross, its variance, |y|², weight, share
