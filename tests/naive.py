@@ -482,6 +482,13 @@ def noise_rows(U, K, V, share, sm):
     return single, norm, spread
 
 
+def sketch_columns(Kk, V, A, B, B2):
+    """The sketch's key columns: ``(a_i·v_j)(b_i·k̃_j)``, ``b_i·k̃_j``,
+    ``(a_i·v_j)(b_i·k̃_j)(b'_i·k̃_j)``, ``(b_i·k̃_j)(b'_i·k̃_j)``, in float64."""
+    av, bk, bk2 = (X.astype(np.float64) @ M.T for X, M in ((V, A), (Kk, B), (Kk, B2)))
+    return np.hstack([av * bk, bk, av * bk * bk2, bk * bk2])
+
+
 def sketch_samples(weights, V, y, Kk, A, B, B2=None):
     """``X_i = Σ_j w_j (a_i·(v_j - y)) (b_i·k̃_j)`` per row (rows x D), times ``b'_i·k̃_j``
     in the sum with ``B2``."""

@@ -294,9 +294,7 @@ def _kernel_args(U, Kk, V, keys_ok, limits, sm, coupled):
         tables = coupled.kernel_tables()
     n_sets = signs.size + (coupled is not None)
     A, B, B2 = _SKETCH
-    bk, bk2 = Kk2 @ B.T, Kk2 @ B2.T
-    av_bk = (Vx[:, :-1] @ A.T) * bk
-    sketch = np.hstack([av_bk, bk, av_bk * bk2, bk * bk2])
+    sketch = naive.sketch_columns(Kk2, Vx[:, :-1], A, B, B2)
     inputs = (U, Kk2, Vx, vv, kk, (U * U).sum(1), keys_ok, limits, moment, signs, coupling,
               tables, sketch, A)  # fmt: skip
     outputs = dict(
@@ -438,6 +436,23 @@ def test_accuracy_row_pairs(name, coupling, kind):
             sampled += est != 0
     if kind == "moderate":  # (the others' e^{±k̃_j·k̃_l} may overflow: inf or NaN sums)
         assert sampled >= (R - 3) * n_sets  # rows 0-2 see at most one key: no pairs
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sketch_columns(dtype):
+    """The kernel (a's with a 0 appended for the column of ones) against the twin, to the
+    dtype's round-off of the products' sizes."""
+    rng = np.random.default_rng(4)
+    Kk, V = rng.normal(size=(300, 8)), rng.normal(size=(300, 5))
+    A, B, B2 = _SKETCH
+    Vx = np.hstack([V, np.ones((300, 1))]).astype(dtype)
+    A_ones = np.hstack([A, np.zeros((6, 1))]).astype(dtype)
+    out = np.empty((300, 24), dtype)
+    acc.sketch_columns(Kk.astype(dtype), Vx, A_ones, B.astype(dtype), B2.astype(dtype), out)
+    expected = naive.sketch_columns(Kk.astype(dtype), Vx[:, :-1], A, B, B2)
+    scale = np.abs(naive.sketch_columns(np.abs(Kk), np.abs(V), np.abs(A), np.abs(B), np.abs(B2)))
+    eps = np.finfo(dtype).eps
+    assert np.all(np.abs(out - expected) <= 16 * eps * scale)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

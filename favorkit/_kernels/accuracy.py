@@ -29,13 +29,14 @@ with :func:`sampled_pairs`.
 Why this shape:
 
 * The weighted sums of values a row needs, ``Σ_j w_j [v_j, 1]`` for ``w = P, e (per
-  sign), P c, P z`` (and of the sketch's columns for ``w = P, e, P c``), are one GEMM over
-  the block's rows (``np.dot`` calls BLAS from
-  Numba; the column of ones appended to the values makes it sum the weights too), as are
-  the logits ``u·k̃_j`` and ``y·v_j``. These GEMMs are the bulk of the cost; they run in
-  the dtype of the key and value rows (float32 for float32 inputs, at twice float64's
-  speed: their sums of products carry float32 round-off, which moves the prediction by a
-  small fraction of its standard error, tested), everything else in float64.
+  sign), P c, P z``, are one GEMM over the block's rows (``np.dot`` calls BLAS from Numba;
+  the column of ones appended to the values makes it sum the weights too), as are the
+  sums of the sketch's columns for ``w = P, e, P c`` (one more: appended to the values,
+  they ran slower), the logits ``u·k̃_j`` and ``y·v_j``. These GEMMs are the bulk of the
+  cost; they run in the dtype of the key and value rows (float32 for float32 inputs, at
+  twice float64's speed: their sums of products carry float32 round-off, which moves the
+  prediction by a small fraction of its standard error, tested), everything else in
+  float64.
 * Everything elementwise happens in row passes between them, written branch-free so that
   they vectorize, exponentials included (:func:`~favorkit._kernels.fastexp.exp64`: Numba's
   libm ``exp`` is 5-10x slower and does not vectorize). A runtime condition inside a loop

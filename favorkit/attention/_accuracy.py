@@ -47,8 +47,9 @@ _BLOCK_ROWS = 16
 _SPLINE_NODES = 257
 _TABLE_NODES = 1 << 14
 # Gaussian triples (a_i, b_i, b'_i) of the key pairs' sketch: the relative standard deviation
-# of its estimate of ‖M‖_F² is sqrt(2/D) to sqrt(8/D) (flat to rank-one M). Its own
-# variance is small next to the pairs' sampling variance at D = 16 (L = 16 384: a sixth).
+# of its estimate of ‖M‖_F² is sqrt(2/D) to sqrt(8/D) (flat to rank-one M). At L = 16 384,
+# d = 64 its variance sets most of the standard error (0.075 on a prediction of 0.50, from
+# mix_sketch's floor); D = 32 brings that to 0.047 at about 0.6 attention calls more.
 _SKETCH = 16
 
 
@@ -318,9 +319,8 @@ def _rows_error(
     False). ``single`` and ``coupled`` (rows x 3) hold the sum with the key pairs' rest
     past second order (sampled), the sampled second-order part, and the sketched one (the
     mean of ``single_first`` or ``coupled_first``, rows x D, less the pairs ``j = l``): the
-    sum is the first plus
-    either of the others (:func:`mix_sketch`); ``single_var`` and ``coupled_var`` (rows x
-    3) the variances of the two sampled parts and their covariance.
+    sum is the first plus either of the others (:func:`mix_sketch`); ``single_var`` and
+    ``coupled_var`` (rows x 3) the variances of the two sampled parts and their covariance.
     """
     n_rows = U.shape[0]
     if sketch is None:
@@ -754,7 +754,9 @@ def predict_rows(
         Vf = Vf / np.asarray(unit, Vf.dtype)
     c = coupling_cosine(projection, d)
     pairs = float(pair_count(np.int64(m), d, projection))
-    parts = []  # per seen row: single, its variance, cross, its variance, |y|², weight, share
+    # Per seen row: single's 3 parts, their 3 variances, the same for cross, |y|², weight,
+    # unreliable.
+    parts = []
     relvar_rows = []
     # Each sketch sample's key-pair terms, summed over rows (single, coupled).
     firsts = np.zeros((2, _SKETCH))
@@ -857,8 +859,8 @@ def predict_rows(
 def mix_sketch(sums, variances, first, weights):
     """Per row, a set's sum with its key pairs' second-order part taken ``β`` from the
     sketch and ``1 - β`` from the pairs, and the variance of its sampled part; ``β`` (in
-    [0, 1]) minimizes the variance of the weighted total; and ``β`` times the sketch's
-    variance.
+    [0, 1]) minimizes the variance of the weighted total; and the sketch's variance times
+    ``β²``.
 
     ``sums``, ``variances``: :func:`_rows_error`'s (rows x 3); ``first`` the sketch's
     samples summed over rows with ``weights``. The second-order part ``h`` serves as a
