@@ -49,7 +49,7 @@ standard error of all of it (with that of the row sample) is part of the result;
 is not small next to the prediction, raise ``n_pairs`` or ``n_queries``. Cost:
 O(n_queries L (d + d_v)): GEMMs over the sampled rows and every key (float32 for float32
 inputs), and Numba passes over each row's keys while they are in cache; at L = 16 384,
-d = 64, m = 256 the default 64 rows cost 1.1-1.8 attention calls (the sketch about 0.3).
+d = 64, m = 256 the default 64 rows cost 1.26-1.54 attention calls (the sketch about 0.15).
 
 The expansion is first order: the ratio ``N/D`` normalizes itself, so where one-projection
 estimates are heavy-tailed a typical draw does better than the expectation and the

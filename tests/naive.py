@@ -353,7 +353,8 @@ def accuracy_row_sums(U, Kk, V, keys_ok, limits, sm, coupled=None, sketch=None):
                 Xp2 = sketch_samples(p[None], Vv, y[None], K, *sketch)[0]
                 row["first"].append(d * curv * (4 * Xc * Xp + Xp2**2) + lam * Xp**2)
             row.update(c=c, h=chi - cv, delta=sketched(curv, d, lam, 2 * c, kk))
-            row["factor"].append(p * np.sqrt(1 + np.abs(chi) + np.abs(cv)))
+            mag = coupled_magnitude(curv, d, coupled.linear, z, cv)
+            row["factor"].append(p * np.sqrt(mag))
             row["weights"].append(row["factor"][-1] * np.sqrt(w2))
         for k, weights in enumerate(row["weights"]):  # over all keys j < n, hidden ones 0
             full = np.zeros(n)
@@ -496,6 +497,12 @@ def sketch_samples(weights, V, y, Kk, A, B, B2=None):
     if B2 is not None:
         terms = terms * (Kk @ B2.T)[None]
     return terms.sum(axis=1)
+
+
+def coupled_magnitude(curv, d, linear, z, cv):
+    """The coupled set's sampling factor ``1 + |χ̂_jj| + |cv_jj|``, ``χ̂`` with ``log M(z)``
+    carried from the row's mean ``z`` by its curvature: ``(d - 1) curv z² + |λ| z``."""
+    return 1.0 + np.abs(np.expm1((d - 1) * curv * z * z + abs(linear) * z)) + np.abs(cv)
 
 
 def sketched(curv, d, lam, cs, kd):
@@ -666,7 +673,7 @@ def coupled_sum(coupled, d, p, V, y, w2, z, b, uu, Kk, tau, visible, rng, n_pair
         return front * r, front * low
 
     sampled, var = sampled_pairs_reference(
-        weights=p * np.sqrt(w2) * np.sqrt(1.0 + np.abs(chi_diag) + np.abs(cv_diag)),
+        weights=p * np.sqrt(w2) * np.sqrt(coupled_magnitude(curv, d, coupled.linear, z, cv_diag)),
         value=rest,
         rng=rng,
         n_pairs=n_pairs,
