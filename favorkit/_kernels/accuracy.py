@@ -757,7 +757,8 @@ def row_sums(
     vals = np.empty(n_pairs)
     hvals = np.empty(n_pairs)
     # g = e e^{σγ|k̃|²/2}: the key's factor once per block instead of an exponential per row
-    # and key, where it cannot overflow (and e is formed from P, so that it is exact there).
+    # and key, where the factor stays below e^300 (no overflow, and e is not subnormal
+    # where g matters).
     H = np.empty((S, Lb))
     by_key = np.zeros(S, dtype=np.bool_)
     for s in range(S):
@@ -767,7 +768,7 @@ def row_sums(
             x = grow_k * kk[j]
             top_k = x if x > top_k else top_k
             H[s, j] = exp64(x)
-        by_key[s] = top_k < 300.0  # e >= g e^-300: no subnormal e where g matters
+        by_key[s] = top_k < 300.0
     for r in range(R):
         if sums[r, COL_SEEN] == 0.0:
             continue
