@@ -438,91 +438,57 @@ _KEY_CHUNK = 2048  # keys per GEMM of the weight rows: 16 rows x 4 weights x 204
 
 
 @numba.njit(**_INLINE)
-def _power_of_p(alpha, lin):
-    """Whether ``e = exp((1 + lin) b - shift)`` is ``P^(1 + lin)`` times a row constant:
-    ``α = 0`` and ``lin`` in {-1, 0, 1} (FAVOR+, the hyperbolic and trigonometric maps)."""
-    return alpha == 0.0 and (lin == 1.0 or lin == 0.0 or lin == -1.0)
-
-
-@numba.njit(**_INLINE)
 def _weight_rows(r, j0, j1, br, ur, kk, keys_ok, row, alpha, tau, lin0, lin1, S, coupled, W):
     """Pass 2 over the keys ``[j0, j1)`` of row ``r``: ``W[:, r, j - j0]`` = P (the
     unnormalized p), e per sign, P c, P z (branch-free, so that the loops vectorize,
-    exps included; hidden keys weigh 0). Where ``e`` is a power of ``P`` times a constant
-    (:func:`_power_of_p`) it is formed so, without an exponential of its own."""
+    exps included; hidden keys weigh 0)."""
     two_tau = 2.0 * tau
     top = row[COL_TOP]
-    shift0 = row[COL_SIGN + SIGN_SHIFT]
     P = W[0, r]
-    E0 = W[1, r]
-    if _power_of_p(alpha, lin0):
-        _weights_by_power(j0, j1, br, ur, kk, keys_ok, top, shift0, tau, lin0, coupled, S, P,
-                          E0, W[min(1 + S, W.shape[0] - 1), r], W[W.shape[0] - 1, r])  # fmt: skip
-    elif coupled:
+    if coupled:
         C = W[1 + S, r]
         Z = W[2 + S, r]
         for j in range(j0, j1):
-            ok = keys_ok[j]
             bj = br[j]
-            zj = _z(two_tau, bj, ur, kk[j])
-            pj = exp64(bj - top if ok else -np.inf)
-            P[j - j0] = pj
-            E0[j - j0] = exp64(((bj + alpha * zj) + lin0 * bj) - shift0 if ok else -np.inf)
-            C[j - j0] = pj * (0.5 * ur + tau * bj)
-            Z[j - j0] = pj * zj
-    else:
-        for j in range(j0, j1):
-            ok = keys_ok[j]
-            bj = br[j]
-            zj = _z(two_tau, bj, ur, kk[j])
-            P[j - j0] = exp64(bj - top if ok else -np.inf)
-            E0[j - j0] = exp64(((bj + alpha * zj) + lin0 * bj) - shift0 if ok else -np.inf)
-    if S == 2:
-        shift1 = row[COL_SIGN + SIGN_COLS + SIGN_SHIFT]
-        E1 = W[2, r]
-        if _power_of_p(alpha, lin1):
-            _power(j0, j1, P, keys_ok, (1.0 + lin1) * top - shift1, lin1, E1)
-        else:
-            for j in range(j0, j1):
-                bj = br[j]
-                ell = (bj + alpha * _z(two_tau, bj, ur, kk[j])) + lin1 * bj
-                E1[j - j0] = exp64(ell - shift1 if keys_ok[j] else -np.inf)
-
-
-@numba.njit(**_INLINE)
-def _power(j0, j1, P, keys_ok, log_c, lin, E):
-    """``E = P^(1 + lin) e^log_c`` over ``[j0, j1)`` (0 for hidden keys): with ``P =
-    e^(b - top)`` and ``log_c = (1 + lin) top - shift``, ``e^((1 + lin) b - shift)``."""
-    c = math.exp(log_c)
-    if lin == 1.0:
-        for j in range(j0, j1):
-            p = P[j - j0]
-            E[j - j0] = (p * p) * c
-    elif lin == 0.0:
-        for j in range(j0, j1):
-            E[j - j0] = P[j - j0] * c
-    else:
-        for j in range(j0, j1):
-            E[j - j0] = c if keys_ok[j] else 0.0
-
-
-@numba.njit(**_INLINE)
-def _weights_by_power(j0, j1, br, ur, kk, keys_ok, top, shift0, tau, lin0, coupled, S, P, E0,
-                      C, Z):  # fmt: skip
-    """:func:`_weight_rows` for a first sign whose ``e`` is a power of ``P``."""
-    two_tau = 2.0 * tau
-    if coupled:
-        for j in range(j0, j1):
-            ok = keys_ok[j]
-            bj = br[j]
-            pj = exp64(bj - top if ok else -np.inf)
+            pj = exp64(bj - top if keys_ok[j] else -np.inf)
             P[j - j0] = pj
             C[j - j0] = pj * (0.5 * ur + tau * bj)
             Z[j - j0] = pj * _z(two_tau, bj, ur, kk[j])
     else:
         for j in range(j0, j1):
             P[j - j0] = exp64(br[j] - top if keys_ok[j] else -np.inf)
-    _power(j0, j1, P, keys_ok, (1.0 + lin0) * top - shift0, lin0, E0)
+    for s in range(S):
+        lin = lin0 if s == 0 else lin1
+        _e_row(j0, j1, br, ur, kk, keys_ok, top, row[COL_SIGN + s * SIGN_COLS + SIGN_SHIFT],
+               alpha, tau, lin, P, W[1 + s, r])  # fmt: skip
+
+
+@numba.njit(**_INLINE)
+def _e_row(j0, j1, br, ur, kk, keys_ok, top, shift, alpha, tau, lin, P, E):
+    """``e = exp(ℓ - shift)`` of one sign over ``[j0, j1)`` (0 for hidden keys), with
+    ``ℓ = b + α z + lin b``. Where ``α = 0`` and ``lin`` is -1, 0 or 1 (FAVOR+, the
+    hyperbolic and trigonometric maps) ``e = P^(1 + lin) e^((1 + lin) top - shift)``, a
+    power of the row's ``P = e^(b - top)`` times a constant (at most 1: the shift bounds
+    ``(1 + lin) top``), without an exponential of its own."""
+    if alpha == 0.0 and lin == 1.0:
+        c = math.exp(2.0 * top - shift)
+        for j in range(j0, j1):
+            p = P[j - j0]
+            E[j - j0] = (p * p) * c
+    elif alpha == 0.0 and lin == 0.0:
+        c = math.exp(top - shift)
+        for j in range(j0, j1):
+            E[j - j0] = P[j - j0] * c
+    elif alpha == 0.0 and lin == -1.0:
+        c = math.exp(-shift)
+        for j in range(j0, j1):
+            E[j - j0] = c if keys_ok[j] else 0.0
+    else:
+        two_tau = 2.0 * tau
+        for j in range(j0, j1):
+            bj = br[j]
+            ell = (bj + alpha * _z(two_tau, bj, ur, kk[j])) + lin * bj
+            E[j - j0] = exp64(ell - shift if keys_ok[j] else -np.inf)
 
 
 @numba.njit(**_JIT)
