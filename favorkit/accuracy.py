@@ -84,13 +84,13 @@ from favorkit.attention import FavorAttention
 from favorkit.attention._accuracy import (
     AttentionError,
     check_count,
-    exact_rows,
     predict_attention_error,
     relative_standard_error,
     resolve_estimator,
     row_sampling_variance,
     sample_rows,
 )
+from favorkit.attention._exact import softmax_attention_rows
 from favorkit.attention._inputs import check_finite, prepare, resolve_scale
 
 __all__ = ["AttentionError", "measure_attention_error", "predict_attention_error"]
@@ -164,8 +164,9 @@ def measure_attention_error(
     rng = sampling.resolve_rng(random_state)
     seqs, rows, weights = sample_rows(n_seq, Lq, n_queries, rng, causal)
     used = np.unique(seqs)
-    root = math.sqrt(resolve_scale(scale, Qf.shape[2]))
-    exact = exact_rows(Qf, Kf, Vf, mask, causal, root, seqs, rows)
+    exact = softmax_attention_rows(
+        Qf, Kf, Vf, mask, causal, resolve_scale(scale, Qf.shape[2]), seqs, rows
+    )
     att = FavorAttention(
         m, estimator=fmap.name, projection=projection, scale=scale, random_state=rng
     ).fit(Qf, keys=Kf)

@@ -23,7 +23,9 @@ from favorkit import (
     softmax_attention,
 )
 from favorkit._kernels import attention as ka
+from favorkit.attention import _exact as exact_module
 from favorkit.attention._engine import tuned
+from favorkit.attention._inputs import prepare
 from tests import naive
 
 POSITIVE = list(maps.names("exponential"))  # attention's positive estimators
@@ -864,6 +866,25 @@ def _softmax_attention_matches_definition(causal, dtype):
     for b in range(2):
         want = naive.softmax_attention_dense(Q[b], K[b], V[b], causal, 0.3, mask)
         assert_allclose(out[b], want, rtol=REL[dtype], atol=REL[dtype])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_softmax_attention_rows_are_those_of_the_whole_output(causal, monkeypatch):
+    # Blocks of 3 rows, and one sequence's float64 copies at a time (a group per sequence).
+    monkeypatch.setattr(exact_module, "_ROWS_BLOCK", 3)
+    monkeypatch.setattr(exact_module, "_CONVERT_BYTES", 1)
+    Q, K, V = _qkv((3, 2, 40), d=8, dv=3, seed=12)
+    mask = np.zeros((3, 40), dtype=bool)
+    mask[0, [0, 7]] = True
+    mask[2, :] = True  # every key padded: the rows see none and get 0
+    want = softmax_attention(Q, K, V, causal=causal, scale=0.3, key_padding_mask=mask)
+    Qf, Kf, Vf, flat_mask, _, _ = prepare(Q, K, V, mask, causal)
+    rng = np.random.default_rng(0)
+    flat = np.sort(rng.choice(6 * 40, size=50, replace=False))
+    seqs, rows = np.divmod(flat, 40)
+    got = exact_module.softmax_attention_rows(Qf, Kf, Vf, flat_mask, causal, 0.3, seqs, rows)
+    assert_allclose(got, want.reshape(6, 40, 3)[seqs, rows], rtol=1e-12, atol=1e-14)
+    assert np.all(got[seqs >= 4] == 0)
 
 
 def test_softmax_attention_is_stable_for_large_logits():

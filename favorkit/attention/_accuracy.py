@@ -23,7 +23,6 @@ __all__ = [
     "AttentionError",
     "check_count",
     "comparable",
-    "exact_rows",
     "predict_attention_error",
     "predict_rows",
     "quick_noise_ratio",
@@ -527,29 +526,6 @@ class _Coupling:
 def _lognormal_excess_kurtosis(log1p_relvar):
     s = np.minimum(log1p_relvar, 150.0)
     return np.exp(4 * s) + 2 * np.exp(3 * s) + 3 * np.exp(2 * s) - 6
-
-
-def exact_rows(Qf, Kf, Vf, mask, causal, root, seqs, rows):
-    """Exact softmax attention for the query rows ``(seqs, rows)`` only, in float64 with
-    log-sum-exp over each row's visible keys (a row that sees no key gets 0)."""
-    out = np.zeros((rows.size, Vf.shape[2]))
-    Lk = Kf.shape[1]
-    for n in np.unique(seqs):
-        pick = np.flatnonzero(seqs == n)
-        U = Qf[n, rows[pick]].astype(np.float64) * root
-        logits = U @ (Kf[n].astype(np.float64) * root).T
-        hidden = np.zeros(logits.shape, bool)
-        if causal:
-            hidden |= np.arange(Lk)[None, :] > rows[pick][:, None]
-        if mask is not None:
-            hidden |= mask[n][None, :]
-        logits[hidden] = -np.inf
-        top = logits.max(axis=1, keepdims=True)
-        seen = np.isfinite(top[:, 0])
-        weights = np.exp(logits[seen] - top[seen])
-        weights /= weights.sum(axis=1, keepdims=True)
-        out[pick[seen]] = weights @ Vf[n].astype(np.float64)
-    return out
 
 
 def quick_noise_ratio(Qf, Kf, Vf, mask, causal, root, fmap, m, fitted, n_rows=8, n_keys=128):

@@ -26,6 +26,10 @@ from favorkit.kernels import arccos_kernel
 __all__ = ["kernel_attention", "softmax_attention"]
 
 
+_ROWS_BLOCK = 64  # query rows per block of softmax_attention_rows (32 to 128 measured alike)
+_CONVERT_BYTES = 1 << 25  # float64 copies of keys and values it holds at once
+
+
 def _over_query_blocks(n_seq, Lq, Lk, causal, body):
     """Run ``body(n, lo, hi, kend)`` for every block of query rows ``lo:hi`` of every
     sequence ``n`` on the worker threads; ``kend`` is the number of keys the block can see
@@ -40,6 +44,92 @@ def _over_query_blocks(n_seq, Lq, Lk, causal, body):
         body(n, lo, hi, min(Lk, hi) if causal else Lk)
 
     map_row_blocks(task, n_seq * nb, block_rows=1)
+
+
+def softmax_rows(q, k, v, scale, positions=None, hidden=None, k_max=None):
+    """Exact softmax attention of the query rows ``q`` over the keys ``k`` and values ``v``
+    in float64, with log-sum-exp per row: the core of :func:`softmax_attention` and of
+    :func:`softmax_attention_rows`.
+
+    ``positions`` (causal): row ``i`` sees the keys ``j <= positions[i]``; ``hidden``: keys
+    no row sees; ``k_max``: a bound on ``|k|``'s entries (None: taken here). A row that
+    sees no key gets 0. The inputs must be finite. Keys and values in float64 are used as
+    they are (callers with many blocks of one sequence convert them once).
+    """
+    q64 = q.astype(np.float64)
+    k64 = k.astype(np.float64, copy=False)
+    k_max = max_abs(k64) if k_max is None else k_max
+    # |scale q·k| <= (scale max|q|) (d max|k|). Where a factor could pass 2^500 the
+    # product could overflow float64: the logits are then computed at a power-of-two
+    # scale 2^-shift (exact, but for underflow of terms that cannot matter) and only
+    # their differences to the row maximum are scaled back. Those overflow to -inf,
+    # weight 0, which is what they are.
+    mantissa, e_scale = math.frexp(scale)
+    s1 = max(0, e_scale + math.frexp(max_abs(q64))[1] - 500)
+    s2 = max(0, math.frexp(float(q.shape[1]))[1] + math.frexp(k_max)[1] - 500)
+    shift = s1 + s2
+    if shift:
+        logits = np.ldexp(q64 * mantissa, e_scale - s1) @ np.ldexp(k64, -s2).T
+    else:
+        logits = (q64 * scale) @ k64.T
+    if positions is not None:
+        logits[np.arange(k.shape[0])[None, :] > positions[:, None]] = -np.inf
+    if hidden is not None:
+        logits[:, hidden] = -np.inf
+    top = logits.max(axis=1, keepdims=True)
+    empty = ~np.isfinite(top[:, 0])
+    top[empty] = 0.0
+    logits -= top
+    if shift:
+        with np.errstate(over="ignore"):
+            logits = np.ldexp(logits, shift)
+    with np.errstate(under="ignore"):
+        np.exp(logits, out=logits)
+    den = logits.sum(axis=1)
+    res = logits @ v.astype(np.float64, copy=False)
+    den[empty] = 1.0
+    res /= den[:, None]
+    res[empty] = 0.0
+    return res
+
+
+def softmax_attention_rows(Qf, Kf, Vf, mask, causal, scale, seqs, rows):
+    """Exact softmax attention (:func:`softmax_rows`) for the query rows ``(seqs, rows)``
+    of checked (N, L, d) arrays only, in blocks on the worker threads: the reference of
+    :func:`favorkit.accuracy.measure_attention_error`. ``(seqs, rows)`` sorted by sequence;
+    returns (len(rows), d_v) float64.
+
+    The keys and values of a few sequences at a time (``_CONVERT_BYTES``) are converted to
+    float64 once, not per block: converted per block they cost more than the logits.
+    """
+    Lk = Kf.shape[1]
+    out = np.empty((rows.size, Vf.shape[2]))
+    block = max(1, min(_ROWS_BLOCK, current_tuning().exact_block_elems // Lk))
+    per_seq = Lk * (Kf.shape[2] + Vf.shape[2]) * 8
+    used, starts = np.unique(seqs, return_index=True)
+    bounds = np.append(starts, rows.size)
+    group = max(1, _CONVERT_BYTES // per_seq)
+    for g in range(0, used.size, group):
+        converted = {}
+        tasks = []
+        for i in range(g, min(g + group, used.size)):
+            n = int(used[i])
+            k64 = Kf[n].astype(np.float64)
+            converted[n] = (k64, Vf[n].astype(np.float64), max_abs(k64))
+            lo, hi = bounds[i], bounds[i + 1]
+            tasks += [(n, a, min(a + block, hi)) for a in range(lo, hi, block)]
+
+        def task(chunk, tasks=tasks, converted=converted):
+            n, lo, hi = tasks[chunk.start]
+            k64, v64, k_max = converted[n]
+            positions = rows[lo:hi] if causal else None
+            kend = int(positions.max()) + 1 if causal else Lk
+            hidden = None if mask is None else mask[n, :kend]
+            q = Qf[n, rows[lo:hi]]
+            out[lo:hi] = softmax_rows(q, k64[:kend], v64[:kend], scale, positions, hidden, k_max)
+
+        map_row_blocks(task, len(tasks), block_rows=1)
+    return out
 
 
 @validate_params(
@@ -103,48 +193,15 @@ def softmax_attention(
 
     def task(n, lo, hi, kend):
         q = Qf[n, lo:hi]
-        k = Kf[n, :kend]
-        v = Vf[n, :kend]
         check_finite(q, "Q")
         if lo == 0:  # once per sequence; an error in any task aborts the whole call
             check_finite(Kf[n], "K")
             check_finite(Vf[n], "V")
-        q64, k64 = q.astype(np.float64), k.astype(np.float64)
-        # |scale q·k| <= (scale max|q|) (d max|k|). Where a factor could pass 2^500 the
-        # product could overflow float64: the logits are then computed at a power-of-two
-        # scale 2^-shift (exact, but for underflow of terms that cannot matter) and only
-        # their differences to the row maximum are scaled back. Those overflow to -inf,
-        # weight 0, which is what they are.
-        mantissa, e_scale = math.frexp(scale)
-        s1 = max(0, e_scale + math.frexp(max_abs(q64))[1] - 500)
-        s2 = max(0, math.frexp(float(q.shape[1]))[1] + math.frexp(max_abs(k64))[1] - 500)
-        shift = s1 + s2
-        if shift:
-            logits = np.ldexp(q64 * mantissa, e_scale - s1) @ np.ldexp(k64, -s2).T
-        else:
-            logits = (q64 * scale) @ k64.T
-        if causal:
-            t = np.arange(lo, hi)[:, None]
-            logits[np.arange(kend)[None, :] > t] = -np.inf
-        if mask is not None:
-            logits[:, mask[n, :kend]] = -np.inf
-        top = logits.max(axis=1, keepdims=True)
-        empty = ~np.isfinite(top[:, 0])
-        top[empty] = 0.0
-        logits -= top
-        if shift:
-            with np.errstate(over="ignore"):
-                logits = np.ldexp(logits, shift)
-        np.exp(logits, out=logits)
-        den = logits.sum(axis=1)
-        res = logits @ v.astype(np.float64)
-        den[empty] = 1.0
-        res /= den[:, None]
-        res[empty] = 0.0
-        out[n, lo:hi] = res
+        positions = np.arange(lo, hi) if causal else None
+        hidden = None if mask is None else mask[n, :kend]
+        out[n, lo:hi] = softmax_rows(q, Kf[n, :kend], Vf[n, :kend], scale, positions, hidden)
 
-    with np.errstate(under="ignore"):
-        _over_query_blocks(n_seq, Lq, Lk, causal, task)
+    _over_query_blocks(n_seq, Lq, Lk, causal, task)
     return out.reshape(*batch, Lq, dv)
 
 
