@@ -3,6 +3,7 @@ whose docstring gives the method), and the check behind :class:`~favorkit.Accura
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -426,6 +427,56 @@ def _rows_error(
     return (*parts, *rest, *firsts, seen)
 
 
+def _table_range(z_max):
+    """The range ``[0, top]`` of the coupling's tables for the largest ``z`` a call reads:
+    ``z_max`` rounded up to a power of ``√2`` (sequences and calls with similar norms then
+    share one table, at most ``√2`` coarser), itself where it is not finite."""
+    top = max(z_max, 1e-12)
+    if not top < 1e300:
+        return top
+    return 2.0 ** (math.ceil(2.0 * math.log2(top)) / 2.0)
+
+
+@functools.lru_cache(maxsize=16)
+def _coupling_tables(c, d, trig, top, signs):
+    """``_Coupling``'s tables on ``[0, top]`` (read-only; cached: the series costs ~1 ms
+    per table, and every sequence of a call, and every call on similar data, reads the
+    same one). Per sign of the map, rows: values, slopes (the last slope is never read).
+    """
+    grid = np.linspace(0.0, top, _SPLINE_NODES)
+    fine = np.linspace(0.0, top, _TABLE_NODES)
+
+    def table(values):
+        # A cubic spline, tabulated finely once, then read by linear interpolation on the
+        # uniform table (an index, not a search: this runs on every (row, key)).
+        ys = interpolate.CubicSpline(grid, values)(fine)
+        out = np.stack([ys, np.append(np.diff(ys), 0.0)])
+        out.setflags(write=False)
+        return out
+
+    # M_c (trigonometric) or log M_c at the cosines c and, for maps that pair ±ω, -c (the
+    # pair form and the curvature read c's only). Orthogonal blocks (c = 0) have one table
+    # for both.
+    moment = _trig_moment if trig else (lambda z, c, d: log_moment_series(z, d, c))
+    tables = {1: table(moment(grid, c, d))}
+    if -1 in signs:
+        tables[-1] = tables[1] if c == 0 else table(moment(grid, -c, d))
+    return tables
+
+
+def _trig_moment(z, c, d):
+    """The trigonometric map's ``M_c(z)`` (``_Coupling``), by 64-point Gauss-Legendre
+    quadrature over the angle."""
+    x, w = special.roots_legendre(64)
+    phi = 0.25 * np.pi * (x + 1.0)
+    log_w = np.log(w) + (d - 1) * np.log(np.sin(phi))
+    weight = np.exp(log_w - special.logsumexp(log_w))
+    half = 0.5 * z[:, None] * (1.0 + c * np.sin(phi)[None, :])
+    # Kummer: 1F1(d; d/2; -x) = e^{-x} 1F1(-d/2; d/2; x).
+    vals = np.exp(z[:, None] - half) * special.hyp1f1(-0.5 * d, 0.5 * d, half)
+    return vals @ weight
+
+
 class _Coupling:
     """``χ``, the covariance of two projections of one block at cosine ``c`` (relative).
 
@@ -444,37 +495,11 @@ class _Coupling:
 
     def __init__(self, c, d, trig, z_max, signs):
         self.c, self.d, self.trig, self.signs = c, d, trig, signs
-        top = max(z_max, 1e-12)
-        fine = np.linspace(0.0, top, _TABLE_NODES)
+        top = _table_range(z_max)
         self.step = (_TABLE_NODES - 1) / top
-
-        def table(values):
-            # A cubic spline, tabulated finely once, then read by linear interpolation on
-            # the uniform table (an index, not a search: this runs on every (row, key)).
-            # Rows: values, slopes (the last slope is never read).
-            ys = interpolate.CubicSpline(grid, values)(fine)
-            return np.stack([ys, np.append(np.diff(ys), 0.0)])
-
-        grid = np.linspace(0.0, max(z_max, 1e-12), _SPLINE_NODES)
-        # M_c (trigonometric) or log M_c at the cosines c and, for maps that pair ±ω, -c
-        # (the pair form and the curvature read c's only). Orthogonal blocks (c = 0) have
-        # one table for both.
-        moment = self._trig_moment if trig else lambda z, c: log_moment_series(z, d, c)
-        self.tables = {1: table(moment(grid, c))}
-        if -1 in signs:
-            self.tables[-1] = self.tables[1] if c == 0 else table(moment(grid, -c))
+        self.tables = _coupling_tables(c, d, trig, top, tuple(signs))
         mean_r_sq = 2.0 * np.exp(2.0 * (special.gammaln(0.5 * (d + 1)) - special.gammaln(0.5 * d)))
         self.linear = (-1.0 if trig else 1.0) * c * mean_r_sq / d
-
-    def _trig_moment(self, z, c):
-        x, w = special.roots_legendre(64)
-        phi = 0.25 * np.pi * (x + 1.0)
-        log_w = np.log(w) + (self.d - 1) * np.log(np.sin(phi))
-        weight = np.exp(log_w - special.logsumexp(log_w))
-        half = 0.5 * z[:, None] * (1.0 + c * np.sin(phi)[None, :])
-        # Kummer: 1F1(d; d/2; -x) = e^{-x} 1F1(-d/2; d/2; x).
-        vals = np.exp(z[:, None] - half) * special.hyp1f1(-0.5 * self.d, 0.5 * self.d, half)
-        return vals @ weight
 
     def _read(self, sign, z):
         ys, slopes = self.tables[sign]
