@@ -3,7 +3,8 @@
 At L = 16 384, d = 64, m = 256 (float32, one head), all ratios measured in one run as
 medians of interleaved repeats:
 
-* ``predict_attention_error`` (64 and 256 query rows) over one bidirectional ``attend``
+* ``predict_attention_error`` (the default 32, 64 and 256 query rows) over one
+  bidirectional ``attend``
   (target: <= 1 call), each call cold (the coupling tables it caches cleared first);
 * ``measure_attention_error`` (256 rows, 8 redraws) over one ``attend`` (target: <= 10);
 * the AccuracyWarning check inside ``attend`` (8 rows, 128 sampled keys) over one
@@ -44,7 +45,8 @@ def main():
     Qb, Kb, Vb = Q[None], K[None], V[None]
     jobs = {
         "attend": lambda: att.attend(Q, K, V),
-        "predict, 64 rows": lambda: cold(predict_attention_error, Q, K, V, M),
+        "predict, default 32 rows": lambda: cold(predict_attention_error, Q, K, V, M),
+        "predict, 64 rows": lambda: cold(predict_attention_error, Q, K, V, M, n_queries=64),
         "predict, 256 rows": lambda: cold(predict_attention_error, Q, K, V, M, n_queries=256),
         "measure, 256 rows, 8 redraws": lambda: measure_attention_error(Q, K, V, M),
         "warning check": lambda: quick_noise_ratio(

@@ -44,12 +44,13 @@ again, as a control variate: the two estimates of it are mixed with the weight t
 minimizes the variance of the total. The pairs' estimate wins for short sequences; the
 sketch's for long ones, where the sampled terms cancel in sign and their sampling error
 grows with the keys a row sees (at L = 16 384, d = 64, bidirectional, 256 pairs per row
-alone predict 0.08 ± 0.63 where redraws measure 0.41; with the sketch 0.50 ± 0.08). The
+alone predict 0.08 ± 0.63 where redraws measure 0.41; with the sketch 0.47 ± 0.08). The
 standard error of all of it (with that of the row sample) is part of the result; where it
 is not small next to the prediction, raise ``n_pairs`` or ``n_queries``. Cost:
 O(n_queries L (d + d_v)): GEMMs over the sampled rows and every key (float32 for float32
 inputs), and Numba passes over each row's keys while they are in cache; at L = 16 384,
-d = 64, m = 256 the default 64 rows cost 1.26-1.54 attention calls (the sketch about 0.15).
+d = 64, m = 256 the default 32 rows cost about one attention call (0.95-1.04 over runs of
+``benchmarks/bench_accuracy.py``), each further 32 rows about one more.
 
 The expansion is first order: the ratio ``N/D`` normalizes itself, so where one-projection
 estimates are heavy-tailed a typical draw does better than the expectation and the

@@ -197,7 +197,7 @@ def test_long_sequences_are_predicted_with_a_small_standard_error():
     """At L = 16 384 (bidirectional: every row sees every key) the sampled key pairs'
     terms cancel in sign; alone, 256 of them per row predicted 0.08 ± 0.63 here. The
     sketch of their second-order part keeps the default prediction's standard error below
-    a quarter of it, and the prediction agrees (z < 4) with one from 4x the rows and 32x
+    a quarter of it, and the prediction agrees (z < 4) with one from 8x the rows and 32x
     the pairs, on other samples."""
     rng = np.random.default_rng(0)
     Q, K, V = (rng.standard_normal((16384, 64), dtype=np.float32) * s for s in (0.5, 0.5, 1))

@@ -41,15 +41,15 @@ _NONLINEAR = 0.25
 # Unreliable rows carrying more than this share of the predicted error make it heavy-tailed.
 _HEAVY_SHARE = 0.1
 _QUERY_CHUNK = 64
-# Query rows per parallel block: 64 rows in 4 blocks keep both cores busy, and 16 rows make
-# the block's weighted sums of values one GEMM of 64+ rows.
+# Query rows per parallel block: the default 32 rows in 2 blocks keep both cores busy, and
+# 16 rows make the block's weighted sums of values one GEMM of 64+ rows.
 _BLOCK_ROWS = 16
 _SPLINE_NODES = 257
 _TABLE_NODES = 1 << 14
 # Gaussian triples (a_i, b_i, b'_i) of the key pairs' sketch: the relative standard deviation
 # of its estimate of ‖M‖_F² is sqrt(2/D) to sqrt(8/D) (flat to rank-one M). At L = 16 384,
-# d = 64 its variance sets most of the standard error (0.075 on a prediction of 0.50, from
-# mix_sketch's floor); D = 32 brings that to 0.047 at about 0.6 attention calls more.
+# d = 64, bidirectional, its variance sets most of the standard error (0.6-0.8 of it, from
+# mix_sketch's floor); D = 32 halves its variance for twice its key columns and sketch GEMM.
 _SKETCH = 16
 
 
@@ -638,7 +638,7 @@ def predict_attention_error(
     causal: bool = False,
     scale: float | None = None,
     key_padding_mask: ArrayLike | None = None,
-    n_queries: int = 64,
+    n_queries: int = 32,
     n_pairs: int = 256,
     random_state: RandomStateLike = 0,
 ) -> AttentionError:
@@ -669,10 +669,14 @@ def predict_attention_error(
         Logit scale; None means ``1/sqrt(d)``.
     key_padding_mask : bool array, default=None
         As in :func:`~favorkit.favor_attention` (True = padded).
-    n_queries : int, default=64
+    n_queries : int, default=32
         Query rows sampled (over all sequences and heads). Causal attention takes the first
         ``n_queries // (4 n_seq)`` rows of every sequence with certainty (an early row
         averages few values and carries a large share of ``‖Y‖²``) and samples the rest.
+        The cost is about linear in it: at d = 64, m = 256 the default costs about one
+        attention call, and about 32 rows more cost another (any L). Their sampling error
+        is part of ``standard_error``; raise it where that is not small next to
+        ``relative_error``.
     n_pairs : int, default=256
         Key pairs sampled per row for the key-key interactions past second order in
         ``k̃_j·k̃_l`` (and for the second-order part, mixed with the sketch's estimate of
