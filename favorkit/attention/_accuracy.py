@@ -674,8 +674,8 @@ def predict_attention_error(
         ``n_queries // (4 n_seq)`` rows of every sequence with certainty (an early row
         averages few values and carries a large share of ``‖Y‖²``) and samples the rest.
         The cost is about linear in it: at d = 64, m = 256 the default costs about one
-        attention call, and about 32 rows more cost another (any L). Their sampling error
-        is part of ``standard_error``; raise it where that is not small next to
+        attention call, each further 32 rows about half of one (any L). Their sampling
+        error is part of ``standard_error``; raise it where that is not small next to
         ``relative_error``.
     n_pairs : int, default=256
         Key pairs sampled per row for the key-key interactions past second order in
