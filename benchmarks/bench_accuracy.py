@@ -55,7 +55,7 @@ def main():
     }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        times = interleaved_medians(jobs, repeats=7)
+        times = interleaved_medians(jobs, repeats=15)
     base = times["attend"]
     ratios = {name: t / base for name, t in times.items() if name != "attend"}
     print(f"L={L} d={D} m={M}; attend {1e3 * base:.1f} ms (median); in attend calls:")
