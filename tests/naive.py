@@ -521,9 +521,10 @@ def rows_error(sm, coupled, d, U, Kk, V, visible, rng, n_pairs, sketch=None):
 
     ``sketch``: (A, B, B2), Gaussian (D, d_v), (D, d), (D, d), drawn from ``rng`` first
     (D = 16) if None. Returns (single, single_var, coupled, coupled_var, normalizer
-    relVar, |y|², single_first, coupled_first) as ``_rows_error`` does: the sums (rows x 3:
-    with the pairs' rest, the sampled and the sketched second-order part), the sampled
-    parts' variances and covariance, and the sketch's samples (rows x D).
+    relVar, |y|², single_first, coupled_first, controls) as ``_rows_error`` does: the sums
+    (rows x 3: with the pairs' rest, the sampled and the sketched second-order part), the
+    sampled parts' variances and covariance, the sketch's samples (rows x D), and the
+    controls of a map with a uniform sign (rows x 2 x D x 2; :func:`uniform_controls`).
     """
     if sketch is None:
         sketch = tuple(rng.standard_normal((16, n)) for n in (V.shape[1], d, d))
@@ -562,6 +563,7 @@ def rows_error(sm, coupled, d, U, Kk, V, visible, rng, n_pairs, sketch=None):
     single_var = np.zeros((n_rows, 3))
     single_first = np.zeros((n_rows, A.shape[0]))
     single_same = np.zeros(n_rows)
+    controls = np.zeros((n_rows, 2, A.shape[0], 2))
     norm_terms = []
     for sigma in sm.signs:
         ell = logp + sm.alpha * z + sigma * sm.gamma * tau * b  # -inf where hidden
@@ -602,6 +604,10 @@ def rows_error(sm, coupled, d, U, Kk, V, visible, rng, n_pairs, sketch=None):
             single_var += (scale**2)[:, None] * inter_var
             single_first += scale[:, None] * first
             single_same += scale * same
+            if sm.alpha == 0 and sigma * sm.gamma * tau == -1:  # e is the same at every key
+                controls[:, 0] += scale[:, None, None] * uniform_controls(
+                    e, V, y, Kk, A, B, B2, sigma * sm.gamma, sm.gamma
+                )
             # The normalizer's one-projection relVar (its key interactions left out).
             norm_terms.append(scale * (e.sum(axis=1) ** 2 + (g * g - e * e).sum(axis=1)))
     with np.errstate(invalid="ignore", over="ignore"):
@@ -618,7 +624,30 @@ def rows_error(sm, coupled, d, U, Kk, V, visible, rng, n_pairs, sketch=None):
         cross, cross_var, cross_first = coupled_sum(
             coupled, d, p, V, y, w2 * pairs_ok, z, b, uu, Kk, tau, visible, rng, n_pairs, sketch
         )
-    return single, single_var, cross, cross_var, norm_relvar, y2, single_first, cross_first
+        if np.any(controls[:, 0]):  # uniform weights 1/n over each row's visible keys
+            flat = visible / np.maximum(visible.sum(axis=1, keepdims=True), 1)
+            controls[:, 1] = uniform_controls(flat, V, y, Kk, A, B, B2, 1.0, np.sqrt(2.0))
+    return (
+        single, single_var, cross, cross_var, norm_relvar, y2, single_first, cross_first,
+        controls,
+    )  # fmt: skip
+
+
+def uniform_controls(e, V, y, Kk, A, B, B2, sign_gamma, gamma):
+    """Per row (rows x D x 2): ``σγ (X_i² - ‖M‖²)`` and ``γ²/2 (Y_i² - |m_i|²)`` for weights
+    ``e`` (rows x L), with ``M = Σ_j e_j (v_j - y) k̃_jᵀ``, ``m_i = Σ_j e_j (v_j - y)
+    (b_i·k̃_j)(b'_i·k̃_j)`` and the sketch's samples ``X_i``, ``Y_i`` of them."""
+    X = sketch_samples(e, V, y, Kk, A, B)
+    Y = sketch_samples(e, V, y, Kk, A, B, B2)
+    out = np.zeros((e.shape[0], A.shape[0], 2))
+    beta = (Kk @ B.T) * (Kk @ B2.T)  # (b_i·k̃_j)(b'_i·k̃_j)
+    for r in range(e.shape[0]):
+        centred = e[r][:, None] * (V - y[r])
+        M = centred.T @ Kk
+        m = centred.T @ beta
+        out[r, :, 0] = sign_gamma * (X[r] ** 2 - np.sum(M * M))
+        out[r, :, 1] = 0.5 * gamma**2 * (Y[r] ** 2 - np.sum(m * m, axis=0))
+    return out
 
 
 def weighted_centered(weights, V, y):

@@ -13,7 +13,7 @@ from scipy import interpolate, special
 
 from favorkit import maps, sampling
 from favorkit._kernels import accuracy as acc_kernels
-from favorkit._parallel import map_row_blocks
+from favorkit._parallel import _blas_one_thread, map_row_blocks
 from favorkit._typing import AttentionEstimator, RandomStateLike
 from favorkit.attention._inputs import check_finite, prepare, resolve_scale
 from favorkit.maps import MapParams, Moments
@@ -315,12 +315,15 @@ def _rows_error(
     the key pairs' terms to second order in k̃_j·k̃_l; the pairs sample the rest.
 
     Returns (single, single_var, coupled, coupled_var, normalizer relVar, |y|²,
-    single_first, coupled_first, seen), per row and 0 where a row sees no key (``seen``
-    False). ``single`` and ``coupled`` (rows x 3) hold the sum with the key pairs' rest
-    past second order (sampled), the sampled second-order part, and the sketched one (the
-    mean of ``single_first`` or ``coupled_first``, rows x D, less the pairs ``j = l``): the
-    sum is the first plus either of the others (:func:`mix_sketch`); ``single_var`` and
-    ``coupled_var`` (rows x 3) the variances of the two sampled parts and their covariance.
+    single_first, coupled_first, controls, seen), per row and 0 where a row sees no key
+    (``seen`` False); ``controls`` (rows x 2 x D x 2) are :func:`_uniform_controls`' for
+    the single and the coupled sets (zeros for maps without a uniform sign). ``single``
+    and ``coupled`` (rows x 3) hold the sum with the key pairs' rest past second order
+    (sampled), the sampled second-order part, and the sketched one (the mean of
+    ``single_first`` or ``coupled_first``, rows x D, less the pairs ``j = l``): the sum is
+    the first plus either of the others (:func:`mix_sketch`); ``single_var`` and
+    ``coupled_var`` (rows x 3) the variances of the two sampled parts and their
+    covariance.
     """
     n_rows = U.shape[0]
     if sketch is None:
@@ -383,6 +386,7 @@ def _rows_error(
     single_var = np.zeros((n_rows, 3))
     single_first = np.zeros((n_rows, n_sk))
     single_same = np.zeros(n_rows)
+    controls = np.zeros((n_rows, 2, n_sk, 2))
     norm = np.zeros(n_rows)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         # ℓ's row constants, -max b - log Σ exp(b - max b), left out by the kernel.
@@ -398,6 +402,12 @@ def _rows_error(
             same = (sigma * sm.gamma) * sums[:, col + acc_kernels.SIGN_D1]
             same += (0.5 * sm.gamma**2) * sums[:, col + acc_kernels.SIGN_D2]
             single_first += scale[:, None] * first[:, k]
+            if sm.alpha == 0.0 and sigma * sm.gamma * sm.pair_sign == -1.0:
+                raw_shift = sums[:, col + acc_kernels.SIGN_SHIFT]
+                controls[:, 0] += _uniform_controls(
+                    sigma * sm.gamma, sm.gamma, sketch, Kk, Vx, keys_ok, limits, y, raw_shift,
+                    scale,
+                )  # fmt: skip
             single_same += scale * same
             single[:, 0] += scale * (bracket + est[:, k, 0])
             single[:, 1] += scale * est[:, k, 1]
@@ -419,12 +429,99 @@ def _rows_error(
         cross[:, 1] = est[:, n_signs, 1]
         cross[:, 2] = cross_first.mean(axis=1)
         cross_var = var[:, n_signs]
+        if np.any(controls[:, 0]):
+            # Its samples (weights p_j, p_j c_j) move with those of uniform weights 1/n
+            # over the row's n visible keys where p is nearly flat: those are the controls.
+            n_visible = np.maximum(np.cumsum(keys_ok)[limits - 1], 1)
+            controls[:, 1] = _uniform_controls(
+                1.0, math.sqrt(2.0), sketch, Kk, Vx, keys_ok, limits, y, np.log(n_visible),
+                np.ones(n_rows),
+            )  # fmt: skip
     y_out = y[:, :-1] if center is None else y[:, :-1] + center
     y2 = np.einsum("ij,ij->i", y_out, y_out)  # |y|² of the values as given
     parts = (np.where(seen[:, None], a, 0.0) for a in (single, single_var, cross, cross_var))
     rest = (np.where(seen, a, 0.0) for a in (norm_relvar, y2))
     firsts = (np.where(seen[:, None], a, 0.0) for a in (single_first, cross_first))
-    return (*parts, *rest, *firsts, seen)
+    controls = np.where(seen[:, None, None, None], controls, 0.0)
+    return (*parts, *rest, *firsts, controls, seen)
+
+
+def _uniform_controls(sign_gamma, gamma, sketch, Kk, Vx, keys_ok, limits, y, raw_shift, scale):
+    """Zero-mean control variates for the sketch's samples of a sign whose ``e`` is the same
+    at every visible key (``α = 0``, ``σγτ = -1``: the hyperbolic map's ``-ω``), per row
+    and sample (rows x D x 2, already times the sign's ``scale``).
+
+    With ``e_j = c`` (``c = e^{-shift}``), the sign's ``M = c Σ_j (v_j - y) k̃_jᵀ =
+    c (G - y sᵀ)`` (``G = Σ_j v_j k̃_jᵀ``, ``s = Σ_j k̃_j`` over the row's visible keys,
+    ``keys_ok`` and ``j < limits[r]``; prefix sums at each distinct limit) is known,
+    and so is ``E X_i² = ‖M‖²``; and ``Y_i = a_i·m_i`` with ``m_i = c Σ_j (v_j - y)
+    (b_i·k̃_j)(b'_i·k̃_j)``, so ``E[Y_i² | b_i, b'_i] = |m_i|²``. The controls are
+    ``σγ (X_i² - ‖M‖²)`` and ``γ²/2 (Y_i² - |m_i|²)``, with ``X_i``, ``Y_i`` formed from
+    the sums of the sketch's columns over the row's keys exactly as the kernel forms the
+    samples. Where the sign's ``e`` at small scales is nearly ``P``'s other sign's times a
+    constant, its samples move with the other's (correlation -0.93 to -0.999 measured),
+    and regressing the samples' mean on these controls (:func:`_controlled_mean`) removes
+    most of the sketch's noise from their difference.
+    """
+    n_sk = sketch.A.shape[0]
+    d_v = Vx.shape[1] - 1
+    columns = sketch.columns
+    out = np.zeros((limits.size, n_sk, 2))
+    ends, where = np.unique(limits, return_inverse=True)
+    col_sums = np.zeros(4 * n_sk)
+    G = np.zeros((d_v + 1, Kk.shape[1]))  # its last row: s = Σ_j k̃_j
+    U = np.zeros((d_v + 1, n_sk))  # Σ_j [v_j, 1] (b_i·k̃_j)(b'_i·k̃_j)
+    start = 0
+    with _blas_one_thread():
+        for e, stop in enumerate(ends):
+            # Sums over the visible keys j < stop.
+            seg = slice(start, stop)
+            visible = Vx[seg].T.astype(np.float64) * keys_ok[seg]
+            col_sums += keys_ok[seg] @ columns[seg].astype(np.float64)
+            G += visible @ Kk[seg].astype(np.float64)
+            U += visible @ columns[seg, 3 * n_sk :].astype(np.float64)
+            start = stop
+            rows = np.flatnonzero(where == e)
+            c = np.exp(-raw_shift[rows])
+            yr = y[rows, :d_v]
+            ay = yr @ sketch.A.T  # a_i·y
+            X = c[:, None] * (col_sums[:n_sk] - ay * col_sums[n_sk : 2 * n_sk])
+            Y = c[:, None] * (col_sums[2 * n_sk : 3 * n_sk] - ay * col_sums[3 * n_sk :])
+            # ‖G - y sᵀ‖² and |u_i - y t_i|² without forming a matrix per row.
+            yy = np.einsum("ij,ij->i", yr, yr)
+            GG, Gs, ss = np.sum(G[:d_v] ** 2), G[:d_v] @ G[d_v], G[d_v] @ G[d_v]
+            M2 = c**2 * (GG - 2.0 * (yr @ Gs) + yy * ss)
+            UU, Ut, tt = np.sum(U[:d_v] ** 2, axis=0), U[:d_v] * U[d_v], U[d_v] ** 2
+            m2 = (c**2)[:, None] * (UU - 2.0 * (yr @ Ut) + yy[:, None] * tt)
+            out[rows, :, 0] = (scale[rows] * sign_gamma)[:, None] * (X * X - M2[:, None])
+            out[rows, :, 1] = (scale[rows] * 0.5 * gamma**2)[:, None] * (Y * Y - m2)
+    return out
+
+
+def _controlled_mean(samples, controls):
+    """The mean of ``samples`` (D,) regressed on zero-mean ``controls`` (D x p): the
+    estimate ``mean - mean(controls) β`` with least-squares ``β``, ``β``, the estimate's
+    jackknife variance over the samples (it counts ``β``'s own noise: with D = 16 and two
+    controls the residuals' spread alone covered 1.7-1.8x too little over 40 seeds of the
+    hyperbolic map at |q|, |k| ~ 0.25 N(0, 1), the jackknife 0.9-1.1x), and the share of
+    the samples' spread the controls explain (R²)."""
+
+    def fit(f, g):
+        centred = g - g.mean(axis=0)
+        beta = np.linalg.lstsq(centred, f - f.mean(), rcond=None)[0]
+        return f.mean() - g.mean(axis=0) @ beta, beta
+
+    estimate, beta = fit(samples, controls)
+    n = samples.size
+    leave_one_out = np.array(
+        [fit(np.delete(samples, i), np.delete(controls, i, axis=0))[0] for i in range(n)]
+    )
+    variance = (n - 1) / n * float(np.sum((leave_one_out - leave_one_out.mean()) ** 2))
+    centred = samples - samples.mean()
+    residual = centred - (controls - controls.mean(axis=0)) @ beta
+    total = float(centred @ centred)
+    explained = 1.0 - float(residual @ residual) / total if total > 0 else 0.0
+    return float(estimate), beta, variance, min(max(explained, 0.0), 1.0)
 
 
 def _table_range(z_max):
@@ -760,11 +857,12 @@ def predict_rows(
     c = coupling_cosine(projection, d)
     pairs = float(pair_count(np.int64(m), d, projection))
     # Per seen row: single's 3 parts, their 3 variances, the same for cross, |y|², weight,
-    # unreliable.
+    # unreliable, the means of its two sketch controls.
     parts = []
     relvar_rows = []
     # Each sketch sample's key-pair terms, summed over rows (single, coupled).
     firsts = np.zeros((2, _SKETCH))
+    controls = np.zeros((2, _SKETCH, 2))  # the same for the controls (_uniform_controls)
     for n in np.unique(seqs):
         keys_ok = np.ones(Lk, bool) if mask is None else ~mask[n]
         if causal_params is None and fmap.fitted:
@@ -793,16 +891,24 @@ def predict_rows(
                 sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits.astype(np.int64), rng, n_pairs,
                 center, sketch,
             )  # fmt: skip
-            single, single_var, cross, cross_var, relvar, y2, s_first, c_first, seen = out
+            single, single_var, cross, cross_var, relvar, y2, s_first, c_first, ctrl, seen = out
             row_w = weights[seqs == n][start : start + _QUERY_CHUNK]
             with np.errstate(invalid="ignore", over="ignore"):
                 firsts += np.stack([row_w @ s_first, row_w @ c_first])
+                controls += np.tensordot(row_w, ctrl, axes=1)
             kurt = _lognormal_excess_kurtosis(np.log1p(relvar))
             unreliable = (kurt / m > _KURTOSIS_LIMIT) | (relvar / m > _NONLINEAR)
             relvar_rows.append(relvar[seen])
             parts.append(
                 np.hstack(
-                    [single, single_var, cross, cross_var, np.stack([y2, row_w, unreliable], 1)]
+                    [
+                        single,
+                        single_var,
+                        cross,
+                        cross_var,
+                        np.stack([y2, row_w, unreliable], 1),
+                        ctrl.mean(axis=2).reshape(-1, 4),
+                    ]
                 )[seen]
             )
     parts = np.concatenate(parts)
@@ -811,8 +917,12 @@ def predict_rows(
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         # Each row stands for w rows of the population: its sums count w times, the
         # variances of its sampled key pairs w² times.
-        single, single_var, s_sketch = mix_sketch(parts[:, 0:3], parts[:, 3:6], firsts[0], w)
-        cross, cross_var, c_sketch = mix_sketch(parts[:, 6:9], parts[:, 9:12], firsts[1], w)
+        single, single_var, s_sketch = mix_sketch(
+            parts[:, 0:3], parts[:, 3:6], firsts[0], w, controls[0], parts[:, 15:17]
+        )
+        cross, cross_var, c_sketch = mix_sketch(
+            parts[:, 6:9], parts[:, 9:12], firsts[1], w, controls[1], parts[:, 17:19]
+        )
         row_err = single / m + pairs / m**2 * cross
         # Not finite only where terms overflowed (inf, or inf - inf): an unbounded error.
         row_err = np.where(np.isfinite(row_err), row_err, np.inf)
@@ -861,7 +971,7 @@ def predict_rows(
     )
 
 
-def mix_sketch(sums, variances, first, weights):
+def mix_sketch(sums, variances, first, weights, controls=None, row_controls=None):
     """Per row, a set's sum with its key pairs' second-order part taken ``β`` from the
     sketch and ``1 - β`` from the pairs, and the variance of its sampled part; ``β`` (in
     [0, 1]) minimizes the variance of the weighted total; and the sketch's variance times
@@ -877,12 +987,26 @@ def mix_sketch(sums, variances, first, weights):
     ``V`` is the spread of the sketch's samples, but at least ``2 X̄²/D``: a sample
     ``(aᵀ M b)²`` is, given ``b``, ``|M b|²`` times a χ²₁, whose variance is at least twice
     its squared mean; with few samples their spread alone would often be far below it.
+    With ``controls`` (D x 2, summed over rows as ``first``; ``row_controls`` each row's
+    means), the samples' mean is regressed on them (:func:`_uniform_controls`,
+    :func:`_controlled_mean`) and ``V`` is that estimate's jackknife variance, but at least
+    the floor above times the share of the spread the controls leave (``1 - R²``).
     """
     var_rest, var_h, cov = variances.T
     w2 = weights * weights
     spread = float(np.var(first, ddof=1)) if first.size > 1 else 0.0
     centre = float(np.mean(first))
     sketch_var = max(spread, 2.0 * centre * centre) / first.size
+    sketched = sums[:, 2]
+    usable = controls is not None and np.any(controls) and first.size > controls.shape[1] + 2
+    if usable and np.all(np.isfinite(controls)) and np.all(np.isfinite(first)):
+        # Regressed on the controls; each row's part moves by its own controls' mean
+        # times the common coefficients, so that the rows still sum to the estimate.
+        _, beta_c, jackknife, explained = _controlled_mean(first, controls)
+        sketched = sketched - row_controls @ beta_c
+        # Where the controls explain little, the jackknife is the samples' spread, which
+        # undercovers as above: the floor times the share the controls leave.
+        sketch_var = max(jackknife, (1.0 - explained) * sketch_var)
     c_hh = float(w2 @ var_h)
     c_h = c_hh + float(w2 @ cov)
     beta = c_h / (c_hh + sketch_var) if c_hh + sketch_var > 0 else 1.0
@@ -894,7 +1018,7 @@ def mix_sketch(sums, variances, first, weights):
         mixed += keep * sums[:, 1]
         var += 2.0 * keep * cov + keep**2 * var_h
     if beta:
-        mixed += beta * sums[:, 2]
+        mixed += beta * sketched
     return mixed, var, beta**2 * sketch_var
 
 
