@@ -38,26 +38,25 @@ factorize over keys (all of ``ρ`` but ``e^{γ k̃_j·k̃_l} - 1``, and of ``χ`
 terms without ``k̃_j·k̃_l``) are summed exactly. The key-key interactions are expanded to
 second order in ``k̃_j·k̃_l``: summed over all pairs, that part is a sum of squared norms
 of ``Σ_j w_j (v_j - y) ⊗ k̃_j`` (and ``⊗ k̃_j ⊗ k̃_j``), which a Gaussian rank-one sketch
-shared by every row estimates (``E (aᵀ M b)² = ‖M‖²``; 16 samples). For the hyperbolic
-map, whose ``-ω`` sign weighs every visible key alike, the samples are regressed on
-control variates of known mean (that sign's own ``‖M‖²``, exact from sums over keys, and
-for orthogonal or simplex blocks the same with uniform weights): at small ``|q|, |k|`` its
-two signs' samples move together and their difference was mostly the sketch's noise
-(L = 4096, d = 64, ``|q|, |k| ~ 0.25 N(0, 1)``: 0.0029 ± 0.011 without them, 0.0084-0.0087
-± 0.0015-0.0030 with them, where redraws measure 0.0084). The rest is sampled
-over key pairs by importance sampling with a fixed seed, and so is the second-order part
-again, as a control variate: the two estimates of it are mixed with the weight that
+shared by every row estimates (``E (aᵀ M b)² = ‖M‖²``; 16 samples). For the hyperbolic and
+trigonometric maps, one of whose signs weighs every visible key alike, the samples are
+regressed on control variates of known mean (that sign's own ``‖M‖²``, exact from sums over
+keys, and for orthogonal or simplex blocks the same with uniform weights): at small
+``|q|, |k|`` the two signs' samples move together and their difference was mostly the
+sketch's noise (L = 4096, d = 64, hyperbolic, ``|q|, |k| ~ 0.25 N(0, 1)``: 0.0029 ± 0.011 without
+them, 0.0084-0.0087 ± 0.0015-0.0030 with them, where redraws measure 0.0084). The rest is
+sampled over key pairs by importance sampling with a fixed seed, and so is the second-order
+part again, as a control variate: the two estimates of it are mixed with the weight that
 minimizes the variance of the total. The pairs' estimate wins for short sequences; the
 sketch's for long ones, where the sampled terms cancel in sign and their sampling error
 grows with the keys a row sees (at L = 16 384, d = 64, bidirectional, 256 pairs per row
 alone predict 0.08 ± 0.63 where redraws measure 0.41; with the sketch 0.47 ± 0.08). The
 standard error of all of it (with that of the row sample) is part of the result; where it
-is not small next to the prediction, raise ``n_pairs`` or ``n_queries``. Cost:
-O(n_queries L (d + d_v)): GEMMs over the sampled rows and every key (float32 for float32
-inputs), and Numba passes over each row's keys while they are in cache; at L = 16 384,
-d = 64, m = 256 the default 32 rows cost about one attention call (0.76-1.16, median 0.97,
-over 16 runs of ``benchmarks/bench_accuracy.py``), each further 32 rows about half of one
-more.
+is not small next to the prediction, raise ``n_pairs`` or ``n_queries``. Cost: O(n_queries
+L (d + d_v)): GEMMs over the sampled rows and every key (float32 for float32 inputs), and
+Numba passes over each row's keys while they are in cache; at L = 16 384, d = 64, m = 256
+the default 32 rows cost about one attention call (0.76-1.16, median 0.97, over 16 runs of
+``benchmarks/bench_accuracy.py``), each further 32 rows about half of one more.
 
 The expansion is first order: the ratio ``N/D`` normalizes itself, so where one-projection
 estimates are heavy-tailed a typical draw does better than the expectation and the

@@ -448,8 +448,9 @@ def _rows_error(
 
 def _uniform_controls(sign_gamma, gamma, sketch, Kk, Vx, keys_ok, limits, y, raw_shift, scale):
     """Zero-mean control variates for the sketch's samples of a sign whose ``e`` is the same
-    at every visible key (``α = 0``, ``σγτ = -1``: the hyperbolic map's ``-ω``), per row
-    and sample (rows x D x 2, already times the sign's ``scale``).
+    at every visible key (``α = 0``, ``σγτ = -1``: the hyperbolic map's ``-ω``, the
+    trigonometric map's ``+ω``), per row and sample (rows x D x 2, already times the
+    sign's ``scale``).
 
     With ``e_j = c`` (``c = e^{-shift}``), the sign's ``M = c Σ_j (v_j - y) k̃_jᵀ =
     c (G - y sᵀ)`` (``G = Σ_j v_j k̃_jᵀ``, ``s = Σ_j k̃_j`` over the row's visible keys,
@@ -458,10 +459,10 @@ def _uniform_controls(sign_gamma, gamma, sketch, Kk, Vx, keys_ok, limits, y, raw
     (b_i·k̃_j)(b'_i·k̃_j)``, so ``E[Y_i² | b_i, b'_i] = |m_i|²``. The controls are
     ``σγ (X_i² - ‖M‖²)`` and ``γ²/2 (Y_i² - |m_i|²)``, with ``X_i``, ``Y_i`` formed from
     the sums of the sketch's columns over the row's keys exactly as the kernel forms the
-    samples. Where the sign's ``e`` at small scales is nearly ``P``'s other sign's times a
-    constant, its samples move with the other's (correlation -0.93 to -0.999 measured),
-    and regressing the samples' mean on these controls (:func:`_controlled_mean`) removes
-    most of the sketch's noise from their difference.
+    samples. At small ``|q|, |k|`` the other sign's weights are nearly flat too, so its
+    samples move with this sign's (correlation -0.93 to -0.999 measured at |q|, |k| ~
+    0.25 N(0, 1)), and regressing the samples' mean on these controls
+    (:func:`_controlled_mean`) removes most of the sketch's noise from their difference.
     """
     n_sk = sketch.A.shape[0]
     d_v = Vx.shape[1] - 1
@@ -473,15 +474,15 @@ def _uniform_controls(sign_gamma, gamma, sketch, Kk, Vx, keys_ok, limits, y, raw
     U = np.zeros((d_v + 1, n_sk))  # Σ_j [v_j, 1] (b_i·k̃_j)(b'_i·k̃_j)
     start = 0
     with _blas_one_thread():
-        for e, stop in enumerate(ends):
+        for end, stop in enumerate(ends):
             # Sums over the visible keys j < stop.
             seg = slice(start, stop)
-            visible = Vx[seg].T.astype(np.float64) * keys_ok[seg]
+            values = Vx[seg].T.astype(np.float64) * keys_ok[seg]
             col_sums += keys_ok[seg] @ columns[seg].astype(np.float64)
-            G += visible @ Kk[seg].astype(np.float64)
-            U += visible @ columns[seg, 3 * n_sk :].astype(np.float64)
+            G += values @ Kk[seg].astype(np.float64)
+            U += values @ columns[seg, 3 * n_sk :].astype(np.float64)
             start = stop
-            rows = np.flatnonzero(where == e)
+            rows = np.flatnonzero(where == end)
             c = np.exp(-raw_shift[rows])
             yr = y[rows, :d_v]
             ay = yr @ sketch.A.T  # a_i·y
