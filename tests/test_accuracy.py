@@ -237,7 +237,8 @@ def test_uniform_sign_controls_match_their_definition():
     from tests import naive
 
     Kk, V, Vx, keys_ok, limits, y, shift, scale, sketch = _uniform_sign_case()
-    got = acc_mod._uniform_controls(-0.8, 0.8, sketch, Kk, Vx, keys_ok, limits, y, shift, scale)
+    sums = acc_mod._key_sums(sketch, Kk, Vx, keys_ok, limits)
+    got = acc_mod._uniform_controls(-0.8, 0.8, sums, sketch.A, y, shift, scale)
     A, B, B2 = sketch.A, sketch.B, sketch.B2
     for r, stop in enumerate(limits):
         visible = keys_ok & (np.arange(len(keys_ok)) < stop)
@@ -265,23 +266,13 @@ def test_uniform_sign_controls_have_mean_zero():
 
     Kk, _, Vx, keys_ok, limits, y, shift, scale, _ = _uniform_sign_case(R=5)
     rng = np.random.default_rng(12)
-    samples = np.concatenate(
-        [
-            acc_mod._uniform_controls(
-                1.0,
-                1.0,
-                acc_mod.Sketch.draw(rng, Kk, Vx),
-                Kk,
-                Vx,
-                keys_ok,
-                limits,
-                y,
-                shift,
-                scale,
-            ).sum(axis=0)
-            for _ in range(400)
-        ]
-    )
+    samples = []
+    for _ in range(400):
+        sketch = acc_mod.Sketch.draw(rng, Kk, Vx)
+        sums = acc_mod._key_sums(sketch, Kk, Vx, keys_ok, limits)
+        controls = acc_mod._uniform_controls(1.0, 1.0, sums, sketch.A, y, shift, scale)
+        samples.append(controls.sum(axis=0))
+    samples = np.concatenate(samples)
     mean, se = samples.mean(axis=0), samples.std(axis=0, ddof=1) / math.sqrt(len(samples))
     assert np.all(np.abs(mean) < 4 * se), (mean, se)
 

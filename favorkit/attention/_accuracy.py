@@ -387,6 +387,7 @@ def _rows_error(
     single_first = np.zeros((n_rows, n_sk))
     single_same = np.zeros(n_rows)
     controls = np.zeros((n_rows, 2, n_sk, 2))
+    key_sums = None  # _key_sums, formed where a sign has the same e at every key
     norm = np.zeros(n_rows)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         # ℓ's row constants, -max b - log Σ exp(b - max b), left out by the kernel.
@@ -404,10 +405,11 @@ def _rows_error(
             single_first += scale[:, None] * first[:, k]
             if sm.alpha == 0.0 and sigma * sm.gamma * sm.pair_sign == -1.0:
                 raw_shift = sums[:, col + acc_kernels.SIGN_SHIFT]
+                if key_sums is None:
+                    key_sums = _key_sums(sketch, Kk, Vx, keys_ok, limits)
                 controls[:, 0] += _uniform_controls(
-                    sigma * sm.gamma, sm.gamma, sketch, Kk, Vx, keys_ok, limits, y, raw_shift,
-                    scale,
-                )  # fmt: skip
+                    sigma * sm.gamma, sm.gamma, key_sums, sketch.A, y, raw_shift, scale
+                )
             single_same += scale * same
             single[:, 0] += scale * (bracket + est[:, k, 0])
             single[:, 1] += scale * est[:, k, 1]
@@ -434,9 +436,8 @@ def _rows_error(
             # over the row's n visible keys where p is nearly flat: those are the controls.
             n_visible = np.maximum(np.cumsum(keys_ok)[limits - 1], 1)
             controls[:, 1] = _uniform_controls(
-                1.0, math.sqrt(2.0), sketch, Kk, Vx, keys_ok, limits, y, np.log(n_visible),
-                np.ones(n_rows),
-            )  # fmt: skip
+                1.0, math.sqrt(2.0), key_sums, sketch.A, y, np.log(n_visible), np.ones(n_rows)
+            )
     y_out = y[:, :-1] if center is None else y[:, :-1] + center
     y2 = np.einsum("ij,ij->i", y_out, y_out)  # |y|² of the values as given
     parts = (np.where(seen[:, None], a, 0.0) for a in (single, single_var, cross, cross_var))
@@ -446,56 +447,87 @@ def _rows_error(
     return (*parts, *rest, *firsts, controls, seen)
 
 
-def _uniform_controls(sign_gamma, gamma, sketch, Kk, Vx, keys_ok, limits, y, raw_shift, scale):
+_SUM_BLOCK = 256  # keys per block of _key_sums' partial sums
+
+
+def _key_sums(sketch, Kk, Vx, keys_ok, limits):
+    """Per row, sums over its visible keys (``keys_ok``, ``j < limits[r]``): of the
+    sketch's columns (rows x 4D), of ``[v_j, 1] k̃_jᵀ`` (rows x (d_v + 1) x d; its last row
+    ``s = Σ_j k̃_j``) and of ``[v_j, 1] (b_i·k̃_j)(b'_i·k̃_j)`` (rows x (d_v + 1) x D), for
+    :func:`_uniform_controls`. Blocks of 256 keys are summed by GEMMs in the stored dtype on
+    the worker threads and accumulated in float64; a row adds the rest of its last block.
+    """
+    n_sk = sketch.A.shape[0]
+    columns = sketch.columns
+    top = int(limits.max())
+    n_blocks = -(-top // _SUM_BLOCK)
+    width = Vx.shape[1]
+    cols = np.zeros((n_blocks + 1, 4 * n_sk))
+    G = np.zeros((n_blocks + 1, width, Kk.shape[1]))
+    U = np.zeros((n_blocks + 1, width, n_sk))
+
+    def sums(lo, hi):
+        values = Vx[lo:hi] * keys_ok[lo:hi, None].astype(Vx.dtype)
+        return (
+            keys_ok[lo:hi].astype(columns.dtype) @ columns[lo:hi],
+            values.T @ Kk[lo:hi],
+            values.T @ columns[lo:hi, 3 * n_sk :],
+        )
+
+    def block(rows):
+        for b in range(rows.start, rows.stop):
+            lo = b * _SUM_BLOCK
+            cols[b + 1], G[b + 1], U[b + 1] = sums(lo, min(lo + _SUM_BLOCK, top))
+
+    map_row_blocks(block, n_blocks, 8)
+    # cumulative: [k] holds the keys j < k * _SUM_BLOCK
+    cols, G, U = (np.cumsum(a, axis=0) for a in (cols, G, U))
+    ends, where = np.unique(limits, return_inverse=True)
+    first = ends // _SUM_BLOCK
+    out = [cols[first], G[first], U[first]]
+    with _blas_one_thread():
+        for e in np.flatnonzero(ends % _SUM_BLOCK):
+            for total, part in zip(out, sums(first[e] * _SUM_BLOCK, ends[e]), strict=True):
+                total[e] += part
+    return [a[where] for a in out]
+
+
+def _uniform_controls(sign_gamma, gamma, key_sums, A, y, raw_shift, scale):
     """Zero-mean control variates for the sketch's samples of a sign whose ``e`` is the same
     at every visible key (``α = 0``, ``σγτ = -1``: the hyperbolic map's ``-ω``, the
     trigonometric map's ``+ω``), per row and sample (rows x D x 2, already times the
-    sign's ``scale``).
+    sign's ``scale``); ``key_sums`` from :func:`_key_sums`, ``A`` the sketch's ``a_i``.
 
     With ``e_j = c`` (``c = e^{-shift}``), the sign's ``M = c Σ_j (v_j - y) k̃_jᵀ =
-    c (G - y sᵀ)`` (``G = Σ_j v_j k̃_jᵀ``, ``s = Σ_j k̃_j`` over the row's visible keys,
-    ``keys_ok`` and ``j < limits[r]``; prefix sums at each distinct limit) is known,
-    and so is ``E X_i² = ‖M‖²``; and ``Y_i = a_i·m_i`` with ``m_i = c Σ_j (v_j - y)
+    c (G - y sᵀ)`` (``G = Σ_j v_j k̃_jᵀ``, ``s = Σ_j k̃_j`` over the row's visible keys) is
+    known, and so is ``E X_i² = ‖M‖²``; and ``Y_i = a_i·m_i`` with ``m_i = c Σ_j (v_j - y)
     (b_i·k̃_j)(b'_i·k̃_j)``, so ``E[Y_i² | b_i, b'_i] = |m_i|²``. The controls are
     ``σγ (X_i² - ‖M‖²)`` and ``γ²/2 (Y_i² - |m_i|²)``, with ``X_i``, ``Y_i`` formed from
-    the sums of the sketch's columns over the row's keys exactly as the kernel forms the
-    samples. At small ``|q|, |k|`` the other sign's weights are nearly flat too, so its
-    samples move with this sign's (correlation -0.93 to -0.999 measured at |q|, |k| ~
-    0.25 N(0, 1)), and regressing the samples' mean on these controls
-    (:func:`_controlled_mean`) removes most of the sketch's noise from their difference.
+    the sums of the sketch's columns over the row's keys as the kernel forms the samples.
+    At small ``|q|, |k|`` the other sign's weights are nearly flat too, so its samples move
+    with this sign's (correlation -0.93 to -0.999 measured at |q|, |k| ~ 0.25 N(0, 1)), and
+    regressing the samples' mean on these controls (:func:`_controlled_mean`) removes most
+    of the sketch's noise from their difference.
     """
-    n_sk = sketch.A.shape[0]
-    d_v = Vx.shape[1] - 1
-    columns = sketch.columns
-    out = np.zeros((limits.size, n_sk, 2))
-    ends, where = np.unique(limits, return_inverse=True)
-    col_sums = np.zeros(4 * n_sk)
-    G = np.zeros((d_v + 1, Kk.shape[1]))  # its last row: s = Σ_j k̃_j
-    U = np.zeros((d_v + 1, n_sk))  # Σ_j [v_j, 1] (b_i·k̃_j)(b'_i·k̃_j)
-    start = 0
-    with _blas_one_thread():
-        for end, stop in enumerate(ends):
-            # Sums over the visible keys j < stop.
-            seg = slice(start, stop)
-            values = Vx[seg].T.astype(np.float64) * keys_ok[seg]
-            col_sums += keys_ok[seg] @ columns[seg].astype(np.float64)
-            G += values @ Kk[seg].astype(np.float64)
-            U += values @ columns[seg, 3 * n_sk :].astype(np.float64)
-            start = stop
-            rows = np.flatnonzero(where == end)
-            c = np.exp(-raw_shift[rows])
-            yr = y[rows, :d_v]
-            ay = yr @ sketch.A.T  # a_i·y
-            X = c[:, None] * (col_sums[:n_sk] - ay * col_sums[n_sk : 2 * n_sk])
-            Y = c[:, None] * (col_sums[2 * n_sk : 3 * n_sk] - ay * col_sums[3 * n_sk :])
-            # ‖G - y sᵀ‖² and |u_i - y t_i|² without forming a matrix per row.
-            yy = np.einsum("ij,ij->i", yr, yr)
-            GG, Gs, ss = np.sum(G[:d_v] ** 2), G[:d_v] @ G[d_v], G[d_v] @ G[d_v]
-            M2 = c**2 * (GG - 2.0 * (yr @ Gs) + yy * ss)
-            UU, Ut, tt = np.sum(U[:d_v] ** 2, axis=0), U[:d_v] * U[d_v], U[d_v] ** 2
-            m2 = (c**2)[:, None] * (UU - 2.0 * (yr @ Ut) + yy[:, None] * tt)
-            out[rows, :, 0] = (scale[rows] * sign_gamma)[:, None] * (X * X - M2[:, None])
-            out[rows, :, 1] = (scale[rows] * 0.5 * gamma**2)[:, None] * (Y * Y - m2)
+    col_sums, G, U = key_sums
+    n_sk, d_v = A.shape
+    c = np.exp(-raw_shift)
+    yr = y[:, :d_v]
+    ay = yr @ A.T  # a_i·y
+    X = c[:, None] * (col_sums[:, :n_sk] - ay * col_sums[:, n_sk : 2 * n_sk])
+    Y = c[:, None] * (col_sums[:, 2 * n_sk : 3 * n_sk] - ay * col_sums[:, 3 * n_sk :])
+    # ‖G - y sᵀ‖² and |u_i - y t_i|² without forming a matrix per row.
+    yy = np.einsum("ij,ij->i", yr, yr)
+    Gv, s = G[:, :d_v], G[:, d_v]
+    Gs = np.einsum("rkd,rd->rk", Gv, s)
+    M2 = c**2 * (np.sum(Gv**2, axis=(1, 2)) - 2.0 * np.einsum("rk,rk->r", yr, Gs))
+    M2 += c**2 * yy * np.einsum("rd,rd->r", s, s)
+    Uv, t = U[:, :d_v], U[:, d_v]
+    m2 = np.sum(Uv**2, axis=1) - 2.0 * np.einsum("rk,rki->ri", yr, Uv) * t + yy[:, None] * t**2
+    m2 *= (c**2)[:, None]
+    out = np.empty((y.shape[0], n_sk, 2))
+    out[:, :, 0] = (scale * sign_gamma)[:, None] * (X * X - M2[:, None])
+    out[:, :, 1] = (scale * 0.5 * gamma**2)[:, None] * (Y * Y - m2)
     return out
 
 
