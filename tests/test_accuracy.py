@@ -237,7 +237,7 @@ def test_uniform_sign_controls_match_their_definition():
     from tests import naive
 
     Kk, V, Vx, keys_ok, limits, y, shift, scale, sketch = _uniform_sign_case()
-    sums = acc_mod._key_sums(sketch, Kk, Vx, keys_ok, limits)
+    sums = acc_mod._KeySums(sketch, Kk, Vx, keys_ok).at(limits)
     got = acc_mod._uniform_controls(-0.8, 0.8, sums, sketch.A, y, shift, scale)
     A, B, B2 = sketch.A, sketch.B, sketch.B2
     for r, stop in enumerate(limits):
@@ -269,7 +269,7 @@ def test_uniform_sign_controls_have_mean_zero():
     samples = []
     for _ in range(400):
         sketch = acc_mod.Sketch.draw(rng, Kk, Vx)
-        sums = acc_mod._key_sums(sketch, Kk, Vx, keys_ok, limits)
+        sums = acc_mod._KeySums(sketch, Kk, Vx, keys_ok).at(limits)
         controls = acc_mod._uniform_controls(1.0, 1.0, sums, sketch.A, y, shift, scale)
         samples.append(controls.sum(axis=0))
     samples = np.concatenate(samples)
@@ -454,11 +454,13 @@ def test_transformer_warns_on_raw_digits_only():
 
 
 def _reference_rows_error(
-    sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits, rng, n_pairs, center=None, sketch=None
+    sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits, rng, n_pairs, center=None, sketch=None,
+    key_sums=None,
 ):  # fmt: skip
     """``_rows_error``'s interface over tests/naive.py's ``rows_error``, the numpy
     implementation of the same sums (same samples from the same seeds), on the values as
-    given (not centred)."""
+    given (not centred); it forms the controls' sums over keys itself (``key_sums`` is not
+    read)."""
     from tests import naive
 
     visible = keys_ok[None, :] & (np.arange(len(keys_ok))[None, :] < limits[:, None])

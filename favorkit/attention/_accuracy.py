@@ -299,7 +299,8 @@ def _rng_state(rng, state=None):
 
 
 def _rows_error(
-    sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits, rng, n_pairs, center=None, sketch=None
+    sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits, rng, n_pairs, center=None, sketch=None,
+    key_sums=None,
 ):  # fmt: skip
     """Per-row sums for a block of query rows of one sequence (module docstring).
 
@@ -313,6 +314,8 @@ def _rows_error(
 
     ``sketch`` (a :class:`Sketch` of these keys; None: drawn here from ``rng`` first) sums
     the key pairs' terms to second order in k̃_j·k̃_l; the pairs sample the rest.
+    ``key_sums`` (a :class:`_KeySums` of them; None: formed here where the map has a
+    uniform sign) gives the controls' sums over keys.
 
     Returns (single, single_var, coupled, coupled_var, normalizer relVar, |y|²,
     single_first, coupled_first, controls, seen), per row and 0 where a row sees no key
@@ -349,7 +352,8 @@ def _rows_error(
     # Every row that sees two keys or more is sampled in every set unless all its sampling
     # weights are 0: draw for those rows first and sample in the same pass as the sums; if
     # a row turns out to have no weight, draw again for the rows that have.
-    seen = np.cumsum(keys_ok)[limits - 1] > 1
+    n_visible = np.cumsum(keys_ok)[limits - 1]
+    seen = n_visible > 1
     state = _rng_state(rng)
     draws = np.zeros((n_rows, n_sets, 2, n_pairs))
     for k in range(n_sets):
@@ -387,7 +391,10 @@ def _rows_error(
     single_first = np.zeros((n_rows, n_sk))
     single_same = np.zeros(n_rows)
     controls = np.zeros((n_rows, 2, n_sk, 2))
-    key_sums = None  # _key_sums, formed where a sign has the same e at every key
+    uniform = _uniform_signs(sm)
+    if uniform:
+        key_sums = key_sums or _KeySums(sketch, Kk, Vx, keys_ok)
+        sums_at_rows = key_sums.at(limits)
     norm = np.zeros(n_rows)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         # ℓ's row constants, -max b - log Σ exp(b - max b), left out by the kernel.
@@ -403,12 +410,10 @@ def _rows_error(
             same = (sigma * sm.gamma) * sums[:, col + acc_kernels.SIGN_D1]
             same += (0.5 * sm.gamma**2) * sums[:, col + acc_kernels.SIGN_D2]
             single_first += scale[:, None] * first[:, k]
-            if sm.alpha == 0.0 and sigma * sm.gamma * sm.pair_sign == -1.0:
+            if k in uniform:
                 raw_shift = sums[:, col + acc_kernels.SIGN_SHIFT]
-                if key_sums is None:
-                    key_sums = _key_sums(sketch, Kk, Vx, keys_ok, limits)
                 controls[:, 0] += _uniform_controls(
-                    sigma * sm.gamma, sm.gamma, key_sums, sketch.A, y, raw_shift, scale
+                    sigma * sm.gamma, sm.gamma, sums_at_rows, sketch.A, y, raw_shift, scale
                 )
             single_same += scale * same
             single[:, 0] += scale * (bracket + est[:, k, 0])
@@ -431,13 +436,13 @@ def _rows_error(
         cross[:, 1] = est[:, n_signs, 1]
         cross[:, 2] = cross_first.mean(axis=1)
         cross_var = var[:, n_signs]
-        if np.any(controls[:, 0]):
+        if uniform:
             # Its samples (weights p_j, p_j c_j) move with those of uniform weights 1/n
             # over the row's n visible keys where p is nearly flat: those are the controls.
-            n_visible = np.maximum(np.cumsum(keys_ok)[limits - 1], 1)
             controls[:, 1] = _uniform_controls(
-                1.0, math.sqrt(2.0), key_sums, sketch.A, y, np.log(n_visible), np.ones(n_rows)
-            )
+                1.0, math.sqrt(2.0), sums_at_rows, sketch.A, y, np.log(np.maximum(n_visible, 1)),
+                np.ones(n_rows),
+            )  # fmt: skip
     y_out = y[:, :-1] if center is None else y[:, :-1] + center
     y2 = np.einsum("ij,ij->i", y_out, y_out)  # |y|² of the values as given
     parts = (np.where(seen[:, None], a, 0.0) for a in (single, single_var, cross, cross_var))
@@ -447,56 +452,71 @@ def _rows_error(
     return (*parts, *rest, *firsts, controls, seen)
 
 
-_SUM_BLOCK = 256  # keys per block of _key_sums' partial sums
+_SUM_BLOCK = 256  # keys per block of _KeySums' partial sums
 
 
-def _key_sums(sketch, Kk, Vx, keys_ok, limits):
-    """Per row, sums over its visible keys (``keys_ok``, ``j < limits[r]``): of the
-    sketch's columns (rows x 4D), of ``[v_j, 1] k̃_jᵀ`` (rows x (d_v + 1) x d; its last row
-    ``s = Σ_j k̃_j``) and of ``[v_j, 1] (b_i·k̃_j)(b'_i·k̃_j)`` (rows x (d_v + 1) x D), for
-    :func:`_uniform_controls`. Blocks of 256 keys are summed by GEMMs in the stored dtype on
-    the worker threads and accumulated in float64; a row adds the rest of its last block.
-    """
-    n_sk = sketch.A.shape[0]
-    columns = sketch.columns
-    top = int(limits.max())
-    n_blocks = -(-top // _SUM_BLOCK)
-    width = Vx.shape[1]
-    cols = np.zeros((n_blocks + 1, 4 * n_sk))
-    G = np.zeros((n_blocks + 1, width, Kk.shape[1]))
-    U = np.zeros((n_blocks + 1, width, n_sk))
+def _uniform_signs(sm):
+    """The signs of the map (indices into ``sm.signs``) whose ``e`` is the same at every
+    visible key: ``α = 0`` and ``σγτ = -1`` (the kernels' ``_e_row`` makes them so)."""
+    return [
+        k for k, sigma in enumerate(sm.signs)
+        if sm.alpha == 0.0 and sigma * sm.gamma * sm.pair_sign == -1.0
+    ]  # fmt: skip
 
-    def sums(lo, hi):
-        values = Vx[lo:hi] * keys_ok[lo:hi, None].astype(Vx.dtype)
+
+class _KeySums:
+    """Sums over a sequence's visible keys for :func:`_uniform_controls`: of the sketch's
+    columns (4D), of ``[v_j, 1] k̃_jᵀ`` ((d_v + 1) x d; its last row ``s = Σ_j k̃_j``) and
+    of ``[v_j, 1] (b_i·k̃_j)(b'_i·k̃_j)`` ((d_v + 1) x D), kept cumulative over blocks of
+    256 keys (formed once per sequence by GEMMs in the stored dtype on the worker threads,
+    accumulated in float64); :meth:`at` adds the rest of a row's last block."""
+
+    def __init__(self, sketch, Kk, Vx, keys_ok):
+        self.sketch, self.Kk, self.Vx, self.keys_ok = sketch, Kk, Vx, keys_ok
+        L = Kk.shape[0]
+        n_blocks = -(-L // _SUM_BLOCK)
+        n_sk, width = sketch.A.shape[0], Vx.shape[1]
+        cols = np.zeros((n_blocks + 1, 4 * n_sk))
+        G = np.zeros((n_blocks + 1, width, Kk.shape[1]))
+        U = np.zeros((n_blocks + 1, width, n_sk))
+
+        def block(rows):
+            for b in range(rows.start, rows.stop):
+                lo = b * _SUM_BLOCK
+                cols[b + 1], G[b + 1], U[b + 1] = self._sums(lo, min(lo + _SUM_BLOCK, L))
+
+        map_row_blocks(block, n_blocks, 8)
+        # [k] holds the keys j < k * _SUM_BLOCK
+        self.cumulative = [np.cumsum(a, axis=0) for a in (cols, G, U)]
+
+    def _sums(self, lo, hi):
+        columns, n_sk = self.sketch.columns, self.sketch.A.shape[0]
+        visible = self.keys_ok[lo:hi]
+        values = self.Vx[lo:hi] * visible[:, None].astype(self.Vx.dtype)
         return (
-            keys_ok[lo:hi].astype(columns.dtype) @ columns[lo:hi],
-            values.T @ Kk[lo:hi],
+            visible.astype(columns.dtype) @ columns[lo:hi],
+            values.T @ self.Kk[lo:hi],
             values.T @ columns[lo:hi, 3 * n_sk :],
         )
 
-    def block(rows):
-        for b in range(rows.start, rows.stop):
-            lo = b * _SUM_BLOCK
-            cols[b + 1], G[b + 1], U[b + 1] = sums(lo, min(lo + _SUM_BLOCK, top))
-
-    map_row_blocks(block, n_blocks, 8)
-    # cumulative: [k] holds the keys j < k * _SUM_BLOCK
-    cols, G, U = (np.cumsum(a, axis=0) for a in (cols, G, U))
-    ends, where = np.unique(limits, return_inverse=True)
-    first = ends // _SUM_BLOCK
-    out = [cols[first], G[first], U[first]]
-    with _blas_one_thread():
-        for e in np.flatnonzero(ends % _SUM_BLOCK):
-            for total, part in zip(out, sums(first[e] * _SUM_BLOCK, ends[e]), strict=True):
-                total[e] += part
-    return [a[where] for a in out]
+    def at(self, limits):
+        """The three sums per row over its keys ``j < limits[r]`` (rows x ...)."""
+        ends, where = np.unique(limits, return_inverse=True)
+        first = ends // _SUM_BLOCK
+        out = [a[first] for a in self.cumulative]
+        with _blas_one_thread():
+            for e in np.flatnonzero(ends % _SUM_BLOCK):
+                rest = self._sums(first[e] * _SUM_BLOCK, ends[e])
+                for total, part in zip(out, rest, strict=True):
+                    total[e] += part
+        return [a[where] for a in out]
 
 
 def _uniform_controls(sign_gamma, gamma, key_sums, A, y, raw_shift, scale):
     """Zero-mean control variates for the sketch's samples of a sign whose ``e`` is the same
     at every visible key (``α = 0``, ``σγτ = -1``: the hyperbolic map's ``-ω``, the
     trigonometric map's ``+ω``), per row and sample (rows x D x 2, already times the
-    sign's ``scale``); ``key_sums`` from :func:`_key_sums`, ``A`` the sketch's ``a_i``.
+    sign's ``scale``); ``key_sums`` from :meth:`_KeySums.at`, ``A`` the sketch's ``a_i``.
 
     With ``e_j = c`` (``c = e^{-shift}``), the sign's ``M = c Σ_j (v_j - y) k̃_jᵀ =
     c (G - y sᵀ)`` (``G = Σ_j v_j k̃_jᵀ``, ``s = Σ_j k̃_j`` over the row's visible keys) is
@@ -914,6 +934,7 @@ def predict_rows(
             z_max = float((np.sqrt((U_all**2).sum(1).max()) + np.sqrt(kk.max())) ** 2)
             coupled = _Coupling(c, d, sm.pair_sign < 0, z_max, sm.signs)
         sketch = Sketch.draw(rng, Kk, Vx)
+        key_sums = _KeySums(sketch, Kk, Vx, keys_ok) if _uniform_signs(sm) else None
         seq_rows = rows[seqs == n]
         for start in range(0, seq_rows.size, _QUERY_CHUNK):
             r = seq_rows[start : start + _QUERY_CHUNK]
@@ -922,7 +943,7 @@ def predict_rows(
             U = U_all[start : start + _QUERY_CHUNK]
             out = _rows_error(
                 sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits.astype(np.int64), rng, n_pairs,
-                center, sketch,
+                center, sketch, key_sums,
             )  # fmt: skip
             single, single_var, cross, cross_var, relvar, y2, s_first, c_first, ctrl, seen = out
             row_w = weights[seqs == n][start : start + _QUERY_CHUNK]
