@@ -17,12 +17,19 @@ from threadpoolctl import threadpool_info, threadpool_limits
 
 from favorkit import FavorAttention, PositiveRandomFeatures
 from favorkit._parallel import map_row_blocks
+from favorkit.accuracy import predict_attention_error
 
 TIMEOUT = 120  # seconds; a hang fails the test instead of the suite
 
 
 def _blas_threads():
     return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def predict(Q, K, V):
+    """A causal error prediction's numbers."""
+    err = predict_attention_error(Q, K, V, 64, causal=True, random_state=0)
+    return np.array([err.relative_error, err.standard_error, err.mse])
 
 
 def _run_in_threads(targets):
@@ -100,9 +107,10 @@ def test_a_call_from_another_thread_holds_blas_to_one_thread_too(restore_numba_t
 
 
 def mixed_thread_counts(max_threads):
-    """Six threads with per-thread Numba thread counts 1..max_threads run transforms and
-    causal and bidirectional attention three times each, all at once; every result must
-    equal the serial one bitwise and BLAS's limit must be what it was."""
+    """Eight threads with per-thread Numba thread counts 1..max_threads run transforms,
+    causal and bidirectional attention and error predictions (whose kernels work in
+    per-thread scratch buffers) three times each, all at once; every result must equal the
+    serial one bitwise and BLAS's limit must be what it was."""
     rng = np.random.default_rng(0)
     X = rng.normal(scale=0.3, size=(9000, 16)).astype(np.float32)
     Q, K, V = rng.normal(scale=0.5, size=(3, 2, 3000, 16))
@@ -112,6 +120,7 @@ def mixed_thread_counts(max_threads):
         "features": prf.transform(X),
         "bidirectional": att.attend(Q, K, V),
         "causal": att.attend(Q, K, V, causal=True),
+        "prediction": predict(Q, K, V),
     }
     before = _blas_threads()
     got = []
@@ -122,13 +131,15 @@ def mixed_thread_counts(max_threads):
             for _ in range(3):
                 if job == "features":
                     out = prf.transform(X)
+                elif job == "prediction":
+                    out = predict(Q, K, V)
                 else:
                     out = att.attend(Q, K, V, causal=job == "causal")
                 got.append((job, out))
 
         return run
 
-    jobs = ["features", "bidirectional", "causal", "features", "causal", "bidirectional"]
+    jobs = ["features", "bidirectional", "causal", "prediction"] * 2
     _run_in_threads([worker(1 + i % max_threads, job) for i, job in enumerate(jobs)])
     assert len(got) == 3 * len(jobs)
     for job, out in got:

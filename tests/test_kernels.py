@@ -398,9 +398,10 @@ def test_accuracy_row_pairs(name, coupling, kind):
     inputs, out, n_sets = _kernel_args(*case)
     R, n_pairs = U.shape[0], 64
     draws = np.random.default_rng(7).random((R, n_sets, 2, n_pairs))
-    none = (np.empty((R, 0)), np.empty((R, 0)), np.empty((R, n_sets, 0)))
+    L = Kk.shape[0]
+    unstored = (np.empty((R, L)), np.empty((R, L)), np.empty((R, n_sets, 0)))  # no cdf
     acc.row_sums(
-        *inputs, draws, out["y"], out["sums"], out["est"], out["var"], out["first"], *none
+        *inputs, draws, out["y"], out["sums"], out["est"], out["var"], out["first"], *unstored
     )  # fmt: skip
     fused = out["est"].copy(), out["var"].copy()
     acc.row_sums(*inputs, draws[:0], *out.values())

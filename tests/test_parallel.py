@@ -1,4 +1,5 @@
-"""favorkit._parallel: every block once, in order, errors propagate, BLAS held to one thread."""
+"""favorkit._parallel: every block once, in order, errors propagate, BLAS held to one thread;
+favorkit._scratch: buffers reused per thread, never shared."""
 
 import threading
 
@@ -8,6 +9,7 @@ import pytest
 from threadpoolctl import threadpool_info
 
 from favorkit._parallel import map_row_blocks, row_slices
+from favorkit._scratch import MAX_BYTES, scratch
 
 THREADS = [1, 2]
 
@@ -100,3 +102,32 @@ def test_blas_is_held_to_one_thread_inside_blocks(restore_numba_threads):
 
     map_row_blocks(func, 4, block_rows=1)
     assert seen and set(seen) == {1}
+
+
+def test_scratch_buffers_are_reused_per_thread_and_never_shared():
+    """A closed block's buffer serves the next block of the thread; a nested block, a
+    different dtype view too large for it, and another thread get their own memory."""
+    with scratch() as empty:
+        first = empty("test", (4, 5))
+        with scratch() as nested:
+            inner = nested("test", (4, 5))
+        big = empty("test big", MAX_BYTES // 8 + 1)
+    assert not np.shares_memory(first, inner)
+    with scratch() as empty:
+        again = empty("test", (2, 3), np.float32)
+        assert np.shares_memory(first, again)  # mapped once, reused
+        assert again.shape == (2, 3) and again.dtype == np.float32
+        with scratch() as empty_too:
+            assert not np.shares_memory(first, empty_too("test", 20))  # taken: fresh
+    with scratch() as empty:
+        assert not np.shares_memory(big, empty("test big", 8))  # too large: not kept
+    other = []
+
+    def worker():
+        with scratch() as empty:
+            other.append(empty("test", (4, 5)))
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert not np.shares_memory(first, other[0])

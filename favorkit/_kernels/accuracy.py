@@ -419,19 +419,19 @@ def _row_pairs(
 
 
 @numba.njit(**_JIT)
-def _dots(A, B):
-    """``A @ B.T`` in float64, for a few rows ``A`` (a block's) and many rows ``B`` (every
-    key's). BLAS forms the tall ``B @ A.T`` (1.7x faster than the wide ``A @ B.T`` with 16
-    rows, measured), transposed here in tiles that stay in cache."""
-    BT = np.dot(B, A.T)
+def _dots(A, B, out):
+    """``A @ B.T`` into ``out`` (float64), for a few rows ``A`` (a block's) and many rows
+    ``B`` (every key's). BLAS forms the tall ``B @ A.T`` (1.7x faster than the wide
+    ``A @ B.T`` with 16 rows, measured), 1024 rows of ``B`` at a time (a product small
+    enough to be transposed in cache, and not a fresh multi-MiB array per call)."""
     R, n = A.shape[0], B.shape[0]
-    out = np.empty((R, n))
-    for j0 in range(0, n, 256):
-        j1 = min(j0 + 256, n)
+    AT = A.T
+    for j0 in range(0, n, 1024):
+        j1 = min(j0 + 1024, n)
+        BT = np.dot(B[j0:j1], AT)
         for r in range(R):
             for j in range(j0, j1):
-                out[r, j] = BT[j, r]
-    return out
+                out[r, j] = BT[j - j0, r]
 
 
 _KEY_CHUNK = 2048  # keys per GEMM of the weight rows: 16 rows x 4 weights x 2048 keys fit L2
@@ -531,8 +531,8 @@ def row_sums(
     draws : (R, n_sets, 2, n_pairs) float64, or with 0 rows
         The uniform draws of every row and set (``[r, k, 0]`` pick the first keys of the
         pairs, ``[r, k, 1]`` the second): rows with a positive total weight in a set are
-        sampled here. With 0 rows nothing is sampled (store the logits, ``y·v_j`` and
-        running weights in ``b_out``, ``yv_out``, ``cdf_out`` for :func:`sampled_pairs`).
+        sampled here. With 0 rows nothing is sampled (store the running weights in
+        ``cdf_out`` for :func:`sampled_pairs`, with ``b_out`` and ``yv_out``).
     y : (R, d_v + 1) float64, output
         The exact attention output rows, and a 0 (0 where a row sees no key).
     sums : (R, N_COLS) float64, output
@@ -550,18 +550,19 @@ def row_sums(
         ``curv d (4 X^c_i X^p_i + (Y^p_i)²) + λ̄ (X^p_i)²`` with the weights ``p_j``
         (``X^p``, ``Y^p``) and ``p_j c_j`` (``X^c``).
     b_out, yv_out : (R, L) float64, output
-        The logits ``ũ·k̃_j`` and ``y·v_j``, ``[:limits[r]]`` of each row; with 0 columns,
-        not written.
+        The logits ``ũ·k̃_j`` and ``y·v_j``, ``[:max(limits)]`` of each row: the kernel's
+        own buffers, which the caller provides (reused, they spare the page faults of
+        fresh multi-MiB arrays on every call).
     cdf_out : (R, n_sets, L) float64, output
-        Running sums of the sampling weights, ``[:limits[r]]`` of each row; with 0 columns
-        (as ``b_out``), not written.
+        Running sums of the sampling weights, ``[:limits[r]]`` of each row; with 0 columns,
+        not written.
     """
     R = U.shape[0]
     d_v = Vx.shape[1] - 1
     S = signs.size
     n_sets = est.shape[1]
     sample = draws.shape[0] > 0
-    store = b_out.shape[1] > 0
+    store = cdf_out.shape[2] > 0
     alpha, gamma, tau = moment[0], moment[1], moment[2]
     coupled = coupling[0] != 0.0
     d, step, linear = coupling[1], coupling[2], coupling[3]
@@ -584,7 +585,10 @@ def row_sums(
         Lb = max(Lb, limits[r])
     if Lb == 0:
         return
-    b = _dots(U, Kk[:Lb])  # the logits u·k̃_j
+    if b_out.shape[1] < Lb or yv_out.shape[1] < Lb:
+        raise ValueError("row_sums: b_out and yv_out need max(limits) columns")
+    b = b_out  # the logits u·k̃_j
+    _dots(U, Kk[:Lb], b)
     pairs_ok = np.zeros(R, dtype=np.bool_)
     for r in range(R):
         n = limits[r]
@@ -712,7 +716,8 @@ def row_sums(
                 xc = (sk[row, i] - ay[i] * sk[row, n_sk + i]) / total
                 first[r, S, i] = dc * (4.0 * xc * xp + xp2 * xp2) + lam * xp * xp
     # y·v_j, for |v_j - y|² (y's last entry, 0, drops the ones)
-    yv = _dots(y.astype(Vx.dtype), Vx[:Lb])
+    yv = yv_out
+    _dots(y.astype(Vx.dtype), Vx[:Lb], yv)
     w2 = np.empty(Lb)
     G = np.empty(Lb)
     PE = np.empty((1 + S, 1, Lb))  # one row's P and e
@@ -830,8 +835,6 @@ def row_sums(
             sums[r, COL_WTOT + 2] = a2
         if store:
             for j in range(n):
-                b_out[r, j] = br[j]
-                yv_out[r, j] = yv[r, j]
                 for k in range(n_sets):
                     cdf_out[r, k, j] = cdf[k, j]
         for k in range(n_sets):

@@ -14,6 +14,7 @@ from scipy import interpolate, special
 from favorkit import maps, sampling
 from favorkit._kernels import accuracy as acc_kernels
 from favorkit._parallel import _blas_one_thread, map_row_blocks
+from favorkit._scratch import scratch
 from favorkit._typing import AttentionEstimator, RandomStateLike
 from favorkit.attention._inputs import check_finite, prepare, resolve_scale
 from favorkit.maps import MapParams, Moments
@@ -206,10 +207,16 @@ def _sequence_params(fmap, Qs, Ks, visible_keys):
     return fmap.fit(Moments.of(Qs), Moments.of(keys))
 
 
-def _key_rows(K, V, root, psi, keys_ok, dtype=np.float64):
+def _fresh(name, shape, dtype=np.float64):
+    """An allocator as :func:`favorkit._scratch.scratch` yields, of fresh arrays."""
+    return np.empty(shape, dtype)
+
+
+def _key_rows(K, V, root, psi, keys_ok, dtype=np.float64, empty=_fresh):
     """The keys ``K root / psi`` and values ``[V - center, 1]`` as the kernels take them,
     in ``dtype``, their rows' squared norms in float64, and ``center``
-    (:func:`favorkit._kernels.accuracy.key_rows`, on key blocks in parallel).
+    (:func:`favorkit._kernels.accuracy.key_rows`, on key blocks in parallel); the arrays
+    from ``empty`` (name, shape, dtype).
 
     ``center`` is the mean of at most 256 visible values at a fixed stride (a padded key's
     value may be anything): it only has to be near their mean, and costs nothing at any L.
@@ -219,8 +226,8 @@ def _key_rows(K, V, root, psi, keys_ok, dtype=np.float64):
     visible = np.flatnonzero(keys_ok)
     picks = visible[:: max(1, visible.size // 256)]
     center = V[picks].mean(axis=0, dtype=np.float64) if picks.size else np.zeros(V.shape[1])
-    Kk, kk = np.empty((L, d), dtype), np.empty(L)
-    Vx, vv = np.empty((L, V.shape[1] + 1), dtype), np.empty(L)
+    Kk, kk = empty("keys", (L, d), dtype), empty("key norms", L)
+    Vx, vv = empty("values", (L, V.shape[1] + 1), dtype), empty("value norms", L)
     psi = np.ascontiguousarray(np.broadcast_to(psi, (d,)), dtype=np.float64)
 
     def block(r):
@@ -266,9 +273,9 @@ class Sketch:
     columns: NDArray
 
     @classmethod
-    def draw(cls, rng, Kk, Vx, size=None):
-        """Draw ``A``, ``B``, then ``B2`` from ``rng``; form the columns on key blocks in
-        parallel."""
+    def draw(cls, rng, Kk, Vx, size=None, empty=_fresh):
+        """Draw ``A``, ``B``, then ``B2`` from ``rng``; form the columns (from ``empty``, as
+        :func:`_key_rows`) on key blocks in parallel."""
         L, d = Kk.shape
         size = _SKETCH if size is None else size
         A = rng.standard_normal((size, Vx.shape[1] - 1))
@@ -276,7 +283,7 @@ class Sketch:
         B2 = rng.standard_normal((size, d))
         A_ones = np.hstack([A, np.zeros((size, 1))]).astype(Kk.dtype)
         Bs = [b.astype(Kk.dtype) for b in (B, B2)]
-        columns = np.empty((L, 4 * size), Kk.dtype)
+        columns = empty("sketch", (L, 4 * size), Kk.dtype)
 
         def block(r):
             acc_kernels.sketch_columns(Kk[r], Vx[r], A_ones, *Bs, columns[r])
@@ -358,13 +365,18 @@ def _rows_error(
     draws = np.zeros((n_rows, n_sets, 2, n_pairs))
     for k in range(n_sets):
         draws[seen, k] = rng.random((int(seen.sum()), 2, n_pairs))
-    unstored = (np.empty((n_rows, 0)), np.empty((n_rows, 0)), np.empty((n_rows, n_sets, 0)))
 
-    def block_sums(rows, draws=draws, out=unstored):
-        acc_kernels.row_sums(
-            U[rows], Kk, Vx, vv, kk, uu[rows], keys_ok, limits[rows], *fixed, draws[rows],
-            y[rows], sums[rows], est[rows], var[rows], first[rows], *(a[rows] for a in out),
-        )  # fmt: skip
+    def block_sums(rows, draws=draws, stored=None):
+        with scratch() as empty:
+            if stored is None:  # the kernel's logits and y·v_j, in this thread's buffers
+                R = rows.stop - rows.start
+                out = (empty("logits", (R, Lk)), empty("y.v", (R, Lk)), np.empty((R, n_sets, 0)))
+            else:
+                out = tuple(a[rows] for a in stored)
+            acc_kernels.row_sums(
+                U[rows], Kk, Vx, vv, kk, uu[rows], keys_ok, limits[rows], *fixed, draws[rows],
+                y[rows], sums[rows], est[rows], var[rows], first[rows], *out,
+            )  # fmt: skip
 
     map_row_blocks(block_sums, n_rows, _BLOCK_ROWS)
     live = sums[:, acc_kernels.COL_WTOT : acc_kernels.COL_WTOT + n_sets] > 0
@@ -924,47 +936,51 @@ def predict_rows(
         else:
             params = causal_params or MapParams.identity(d)
         sm = fmap.second_moment(d, params.a)
-        U_all = Qf[n, rows[seqs == n]].astype(np.float64) * (root * params.psi)
-        Kk, kk, Vx, vv, center = _key_rows(Kf[n], Vf[n], root, params.psi, keys_ok, dtype)
-        if Kk.dtype == np.float32 and not _float32_is_safe(U_all, kk, vv):
-            Kk, kk, Vx, vv, center = _key_rows(Kf[n], Vf[n], root, params.psi, keys_ok)
-        U_all = U_all.astype(Kk.dtype)
-        coupled = None
-        if c is not None:
-            z_max = float((np.sqrt((U_all**2).sum(1).max()) + np.sqrt(kk.max())) ** 2)
-            coupled = _Coupling(c, d, sm.pair_sign < 0, z_max, sm.signs)
-        sketch = Sketch.draw(rng, Kk, Vx)
-        key_sums = _KeySums(sketch, Kk, Vx, keys_ok) if _uniform_signs(sm) else None
-        seq_rows = rows[seqs == n]
-        for start in range(0, seq_rows.size, _QUERY_CHUNK):
-            r = seq_rows[start : start + _QUERY_CHUNK]
-            # Row i sees the keys j <= i (causal) or all, less the padded ones.
-            limits = np.minimum(r + 1, Lk) if causal else np.full(r.size, Lk)
-            U = U_all[start : start + _QUERY_CHUNK]
-            out = _rows_error(
-                sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits.astype(np.int64), rng, n_pairs,
-                center, sketch, key_sums,
-            )  # fmt: skip
-            single, single_var, cross, cross_var, relvar, y2, s_first, c_first, ctrl, seen = out
-            row_w = weights[seqs == n][start : start + _QUERY_CHUNK]
-            with np.errstate(invalid="ignore", over="ignore"):
-                firsts += np.stack([row_w @ s_first, row_w @ c_first])
-                controls += np.tensordot(row_w, ctrl, axes=1)
-            kurt = _lognormal_excess_kurtosis(np.log1p(relvar))
-            unreliable = (kurt / m > _KURTOSIS_LIMIT) | (relvar / m > _NONLINEAR)
-            relvar_rows.append(relvar[seen])
-            parts.append(
-                np.hstack(
-                    [
-                        single,
-                        single_var,
-                        cross,
-                        cross_var,
-                        np.stack([y2, row_w, unreliable], 1),
-                        ctrl.mean(axis=2).reshape(-1, 4),
-                    ]
-                )[seen]
+        # The sequence's key rows and sketch in this thread's scratch buffers (dead after it).
+        with scratch() as empty:
+            U_all = Qf[n, rows[seqs == n]].astype(np.float64) * (root * params.psi)
+            Kk, kk, Vx, vv, center = _key_rows(
+                Kf[n], Vf[n], root, params.psi, keys_ok, dtype, empty
             )
+            if Kk.dtype == np.float32 and not _float32_is_safe(U_all, kk, vv):
+                Kk, kk, Vx, vv, center = _key_rows(Kf[n], Vf[n], root, params.psi, keys_ok)
+            U_all = U_all.astype(Kk.dtype)
+            coupled = None
+            if c is not None:
+                z_max = float((np.sqrt((U_all**2).sum(1).max()) + np.sqrt(kk.max())) ** 2)
+                coupled = _Coupling(c, d, sm.pair_sign < 0, z_max, sm.signs)
+            sketch = Sketch.draw(rng, Kk, Vx, empty=empty)
+            key_sums = _KeySums(sketch, Kk, Vx, keys_ok) if _uniform_signs(sm) else None
+            seq_rows = rows[seqs == n]
+            for start in range(0, seq_rows.size, _QUERY_CHUNK):
+                r = seq_rows[start : start + _QUERY_CHUNK]
+                # Row i sees the keys j <= i (causal) or all, less the padded ones.
+                limits = np.minimum(r + 1, Lk) if causal else np.full(r.size, Lk)
+                U = U_all[start : start + _QUERY_CHUNK]
+                out = _rows_error(
+                    sm, coupled, U, Kk, Vx, vv, kk, keys_ok, limits.astype(np.int64), rng, n_pairs,
+                    center, sketch, key_sums,
+                )  # fmt: skip
+                single, single_var, cross, cross_var, relvar, y2, s_first, c_first, ctrl, seen = out
+                row_w = weights[seqs == n][start : start + _QUERY_CHUNK]
+                with np.errstate(invalid="ignore", over="ignore"):
+                    firsts += np.stack([row_w @ s_first, row_w @ c_first])
+                    controls += np.tensordot(row_w, ctrl, axes=1)
+                kurt = _lognormal_excess_kurtosis(np.log1p(relvar))
+                unreliable = (kurt / m > _KURTOSIS_LIMIT) | (relvar / m > _NONLINEAR)
+                relvar_rows.append(relvar[seen])
+                parts.append(
+                    np.hstack(
+                        [
+                            single,
+                            single_var,
+                            cross,
+                            cross_var,
+                            np.stack([y2, row_w, unreliable], 1),
+                            ctrl.mean(axis=2).reshape(-1, 4),
+                        ]
+                    )[seen]
+                )
     parts = np.concatenate(parts)
     y2, w, unreliable = parts[:, 12], parts[:, 13], parts[:, 14] > 0
     n_seen = y2.size
