@@ -55,8 +55,10 @@ standard error of all of it (with that of the row sample) is part of the result;
 is not small next to the prediction, raise ``n_pairs`` or ``n_queries``. Cost: O(n_queries
 L (d + d_v)): GEMMs over the sampled rows and every key (float32 for float32 inputs), and
 Numba passes over each row's keys while they are in cache; at L = 16 384, d = 64, m = 256
-the default 32 rows cost about one attention call (0.76-1.16, median 0.97, over 16 runs of
-``benchmarks/bench_accuracy.py``), each further 32 rows about half of one more.
+the default 32 rows cost about one attention call (0.86-1.13, median 0.93, over 16 runs of
+``benchmarks/bench_accuracy.py``), each further 32 rows about half of one more. Its arrays
+of a few MiB are scratch buffers kept per thread for later calls (about 20 MiB at that
+size; none above 64 MiB).
 
 The expansion is first order: the ratio ``N/D`` normalizes itself, so where one-projection
 estimates are heavy-tailed a typical draw does better than the expectation and the
