@@ -310,6 +310,17 @@ def _kernel_args(U, Kk, V, keys_ok, limits, sm, coupled):
     return inputs, outputs, n_sets
 
 
+def test_accuracy_row_sums_rejects_too_small_logit_buffers():
+    """The logits and ``y·v_j`` live in buffers the caller provides: too few columns raise
+    (unchecked, the kernel would write past them)."""
+    case = _accuracy_case(*ROW_CASES[0])
+    inputs, out, n_sets = _kernel_args(*case)
+    no_draws = np.empty((0, n_sets, 2, 8))
+    out["b"] = out["b"][:, :-1]
+    with pytest.raises(ValueError, match="max\\(limits\\) columns"):
+        acc.row_sums(*inputs, no_draws, *out.values())
+
+
 @pytest.mark.parametrize(("name", "coupling", "kind"), ROW_CASES)
 def test_accuracy_row_sums(name, coupling, kind):
     U, Kk, V, keys_ok, limits, sm, coupled = case = _accuracy_case(name, coupling, kind)
