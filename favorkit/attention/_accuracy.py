@@ -16,7 +16,7 @@ from favorkit._kernels import accuracy as acc_kernels
 from favorkit._parallel import _blas_one_thread, map_row_blocks
 from favorkit._scratch import scratch
 from favorkit._typing import AttentionEstimator, RandomStateLike
-from favorkit.attention._inputs import check_finite, prepare, resolve_scale
+from favorkit.attention._inputs import check_finite, max_abs, prepare, resolve_scale
 from favorkit.maps import MapParams, Moments
 from favorkit.theory._diagnostics import check_target, smallest_m
 from favorkit.theory._gerf import COUPLINGS, coupling_cosine, log_moment_series, pair_count
@@ -914,7 +914,7 @@ def predict_rows(
     # Values far from 1 in units of a power of two near their largest visible one (exact):
     # the relative error does not depend on them, and |y|² and the float32 GEMMs' sums then
     # stay in range up to the dtype's end (a padded key's value may be anything).
-    top = float(np.max(np.abs(Vf if mask is None else Vf[~mask]), initial=0.0))
+    top = max_abs(Vf if mask is None else Vf[~mask])  # (np.abs: a temporary as large as V)
     unit = 1.0
     if top > 0 and not 2.0**-60 < top < 2.0**60:
         unit = 2.0 ** math.floor(math.log2(top))
