@@ -171,7 +171,7 @@ def measure_attention_error(
         check_finite(X, name)
     n_seq, Lq, _ = Qf.shape
     rng = sampling.resolve_rng(random_state)
-    seqs, rows, weights = sample_rows(n_seq, Lq, n_queries, rng, causal)
+    seqs, rows, weights, strata = sample_rows(n_seq, Lq, n_queries, rng, causal)
     used = np.unique(seqs)
     exact = softmax_attention_rows(
         Qf, Kf, Vf, mask, causal, resolve_scale(scale, Qf.shape[2]), seqs, rows
@@ -206,7 +206,7 @@ def measure_attention_error(
     # variances add; the part of each row's redraw noise that is independent across rows
     # is counted in both, which errs on the side of a larger standard error.
     var_mean = float(errors.var(ddof=1) / n_redraws) if n_redraws > 1 else math.inf
-    var_mean += row_sampling_variance(row_errors.mean(axis=0), row_outputs, weights)
+    var_mean += row_sampling_variance(row_errors.mean(axis=0), row_outputs, weights, strata)
     se = relative_standard_error(mean, var_mean, out_sq) if mean > 0 else 0.0
     top = float(errors.max() / errors.sum()) if errors.sum() > 0 else 0.0
     heavy = n_redraws > 1 and top > 0.5

@@ -342,31 +342,46 @@ def test_extrapolation_in_m_and_features_needed():
     assert ortho.relative_error_at(m) <= 0.05 < ortho.relative_error_at(m - 1)
 
 
-def test_causal_row_samples_take_the_first_rows_with_certainty():
+@pytest.mark.parametrize(("n_seq", "length", "n_queries"), [(3, 1000, 120), (16, 4096, 32)])
+def test_causal_row_samples_are_stratified_by_position(n_seq, length, n_queries):
     rng = np.random.default_rng(0)
-    seqs, rows, weights = sample_rows(3, 1000, 120, rng, causal=True)
-    assert seqs.size == 120 and np.all(np.diff(seqs * 1000 + rows) > 0)
-    head = 120 // (4 * 3)
-    for n in range(3):  # rows 0..9 of every sequence, with weight 1
-        assert np.array_equal(rows[seqs == n][:head], np.arange(head))
-    assert np.all(weights[rows < head] == 1) and np.all(weights[rows >= head] > 1)
-    assert math.isclose(weights.sum(), 3 * 1000)  # the weights stand for every row
-    seqs, rows, weights = sample_rows(3, 1000, 120, rng)  # bidirectional: uniform
-    assert np.all(weights == 3000 / 120)
+    seqs, rows, weights, strata = sample_rows(n_seq, length, n_queries, rng, causal=True)
+    flat = seqs * length + rows
+    assert flat.size == n_queries and np.all(np.diff(flat) > 0)
+    assert math.isclose(weights.sum(), n_seq * length)  # the weights stand for every row
+    # Ranges of positions [a, 2a + 1) or so, each sampled uniformly over every sequence:
+    # a stratum's weights stand for its rows, and the later ranges are wider.
+    starts = []
+    for k in np.unique(strata):
+        in_k = strata == k
+        lo, hi = rows[in_k].min(), rows[in_k].max()
+        assert np.all(weights[in_k] == weights[in_k][0])
+        assert in_k.sum() >= 2 or weights[in_k][0] == 1
+        starts.append(lo)
+        if weights[in_k][0] == 1:  # taken whole: every sequence's rows of the range
+            assert np.unique(seqs[in_k]).size == n_seq
+        assert hi < length
+    assert starts[0] == 0 and np.all(np.diff(starts) > 0)
+    assert np.all(weights[rows == 0] <= n_seq / 2)  # row 0 is never left to chance alone
+    seqs, rows, weights, strata = sample_rows(n_seq, length, n_queries, rng)  # bidirectional
+    assert np.all(weights == n_seq * length / n_queries) and np.all(strata == 0)
     assert np.array_equal(sample_rows(2, 10, 64, rng, causal=True)[2], np.ones(20))
 
 
+@pytest.mark.parametrize(("n_seq", "n_queries"), [(1, 64), (16, 32)])
 @pytest.mark.parametrize("kind", ["predicted", "measured"])
-def test_standard_error_covers_the_row_sample(kind):
-    """Rows are a sample: over 16 seeds, each drawing its own 64 of 1024 causal rows (and
-    its own projections or key pairs), the spread of the estimates matches their standard
-    errors. With the sample spread in place of the mean (15 degrees of freedom),
-    ``Σ z²/15`` lies within its chi-square 0.1 % and 99.9 % quantiles. (Without the row
-    sample's variance the measured ``Σ z²/15`` was 206; with a uniform sample, which an
-    early causal row with its large ``|y|²`` may or may not enter, the spread was 3x
-    wider.)"""
-    Q, K, V = _data(1024, 16, 0.5)
-    kw = dict(causal=True, n_queries=64)
+def test_standard_error_covers_the_row_sample(kind, n_seq, n_queries):
+    """Rows are a sample: over 16 seeds, each drawing its own causal rows (64 of one
+    sequence of 1024, or 32 of 16 such sequences) and its own projections or key pairs, the
+    spread of the estimates matches their standard errors. With the sample spread in place
+    of the mean (15 degrees of freedom), ``Σ z²/15`` lies within its chi-square 0.1 % and
+    99.9 % quantiles. (Without the row sample's variance the measured ``Σ z²/15`` was 206;
+    with a uniform sample, which an early causal row with its large ``|y|²`` may or may
+    not enter, the spread was 3x wider; with the first rows of every sequence taken and
+    the rest uniform, 32 rows of 16 sequences hold no first rows and the predicted
+    ``Σ z²/15`` was 3.0.)"""
+    Q, K, V = _data(1024, 16, 0.5, n_seq=n_seq if n_seq > 1 else None)
+    kw = dict(causal=True, n_queries=n_queries)
     if kind == "predicted":
         results = [predict_attention_error(Q, K, V, 256, random_state=s, **kw) for s in range(16)]
     else:
