@@ -50,9 +50,12 @@ part again, as a control variate: the two estimates of it are mixed with the wei
 minimizes the variance of the total. The pairs' estimate wins for short sequences; the
 sketch's for long ones, where the sampled terms cancel in sign and their sampling error
 grows with the keys a row sees (at L = 16 384, d = 64, bidirectional, 256 pairs per row
-alone predict 0.08 ± 0.63 where redraws measure 0.41; with the sketch 0.47 ± 0.08). The
-standard error of all of it (with that of the row sample) is part of the result; where it
-is not small next to the prediction, raise ``n_pairs`` or ``n_queries``. Cost: O(n_queries
+alone predict 0.08 ± 0.63 where redraws measure 0.41; with the sketch 0.47 ± 0.07). The
+standard error of all of it is part of the result: the pairs', the sketch's (its two
+sampling sets' parts, which share its triples, with their correlation) and the row
+sample's (causal rows are stratified by position: an early row averages few values and
+carries a large share of the output's norm). Where it is not small next to the
+prediction, raise ``n_pairs`` or ``n_queries``. Cost: O(n_queries
 L (d + d_v)): GEMMs over the sampled rows and every key (float32 for float32 inputs), and
 Numba passes over each row's keys while they are in cache; at L = 16 384, d = 64, m = 256
 the default 32 rows cost about one attention call (0.86-1.13, median 0.93, over 16 runs of
