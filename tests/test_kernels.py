@@ -460,7 +460,8 @@ def test_sketch_columns(dtype):
     Vx = np.hstack([V, np.ones((300, 1))]).astype(dtype)
     A_ones = np.hstack([A, np.zeros((6, 1))]).astype(dtype)
     out = np.empty((300, 24), dtype)
-    acc.sketch_columns(Kk.astype(dtype), Vx, A_ones, B.astype(dtype), B2.astype(dtype), out)
+    both = np.vstack([B, B2]).astype(dtype)
+    acc.sketch_columns(Kk.astype(dtype), Vx, A_ones, both, out)
     expected = naive.sketch_columns(Kk.astype(dtype), Vx[:, :-1], A, B, B2)
     scale = np.abs(naive.sketch_columns(np.abs(Kk), np.abs(V), np.abs(A), np.abs(B), np.abs(B2)))
     eps = np.finfo(dtype).eps

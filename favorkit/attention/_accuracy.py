@@ -236,11 +236,13 @@ def _fresh(name, shape, dtype=np.float64):
     return np.empty(shape, dtype)
 
 
-def _key_rows(K, V, root, psi, keys_ok, dtype=np.float64, empty=_fresh):
+def _key_rows(K, V, root, psi, keys_ok, triples, dtype=np.float64, empty=_fresh):
     """The keys ``K root / psi`` and values ``[V - center, 1]`` as the kernels take them,
-    in ``dtype``, their rows' squared norms in float64, and ``center``
-    (:func:`favorkit._kernels.accuracy.key_rows`, on key blocks in parallel); the arrays
-    from ``empty`` (name, shape, dtype).
+    in ``dtype``, their rows' squared norms in float64, ``center``, and the
+    :class:`Sketch` of the ``triples`` (:meth:`Sketch.triples`) on them
+    (:func:`favorkit._kernels.accuracy.key_rows`, then the sketch's columns of the same
+    key block while its rows are in cache, on key blocks in parallel); the arrays from
+    ``empty`` (name, shape, dtype).
 
     ``center`` is the mean of at most 256 visible values at a fixed stride (a padded key's
     value may be anything): it only has to be near their mean, and costs nothing at any L.
@@ -252,18 +254,23 @@ def _key_rows(K, V, root, psi, keys_ok, dtype=np.float64, empty=_fresh):
     center = V[picks].mean(axis=0, dtype=np.float64) if picks.size else np.zeros(V.shape[1])
     Kk, kk = empty("keys", (L, d), dtype), empty("key norms", L)
     Vx, vv = empty("values", (L, V.shape[1] + 1), dtype), empty("value norms", L)
+    columns = empty("sketch", (L, 4 * triples[0].shape[0]), dtype)
     psi = np.ascontiguousarray(np.broadcast_to(psi, (d,)), dtype=np.float64)
+    fill = Sketch.filler(triples, dtype)
 
     def block(r):
         acc_kernels.key_rows(K[r], V[r], root, psi, center, Kk[r], kk[r], Vx[r], vv[r])
+        fill(Kk[r], Vx[r], columns[r])
 
     map_row_blocks(block, L)
     # A padded key's row may hold anything (up to the dtype's largest number): zeroed, it
     # cannot move the float32 check, the coupling's table range or a GEMM's sums (0 x inf).
+    # (A zero row's sketch columns are zeros.)
     hidden = ~keys_ok
     if hidden.any():
         Kk[hidden], kk[hidden], Vx[hidden, :-1], vv[hidden] = 0.0, 0.0, 0.0, 0.0
-    return Kk, kk, Vx, vv, center
+        columns[hidden] = 0.0
+    return Kk, kk, Vx, vv, center, Sketch(*triples, columns)
 
 
 def _float32_is_safe(U, kk, vv):
@@ -296,24 +303,28 @@ class Sketch:
     B2: NDArray[np.float64]
     columns: NDArray
 
-    @classmethod
-    def draw(cls, rng, Kk, Vx, size=None, empty=_fresh):
-        """Draw ``A``, ``B``, then ``B2`` from ``rng``; form the columns (from ``empty``, as
-        :func:`_key_rows`) on key blocks in parallel."""
-        L, d = Kk.shape
+    @staticmethod
+    def triples(rng, d_v, d, size=None):
+        """Draw ``A``, ``B``, then ``B2`` from ``rng`` (``size`` rows, default 16)."""
         size = _SKETCH if size is None else size
-        A = rng.standard_normal((size, Vx.shape[1] - 1))
-        B = rng.standard_normal((size, d))
-        B2 = rng.standard_normal((size, d))
-        A_ones = np.hstack([A, np.zeros((size, 1))]).astype(Kk.dtype)
-        Bs = [b.astype(Kk.dtype) for b in (B, B2)]
-        columns = empty("sketch", (L, 4 * size), Kk.dtype)
+        return tuple(rng.standard_normal((size, n)) for n in (d_v, d, d))
 
-        def block(r):
-            acc_kernels.sketch_columns(Kk[r], Vx[r], A_ones, *Bs, columns[r])
+    @staticmethod
+    def filler(triples, dtype):
+        """``fill(Kk, Vx, out)``: the columns of a block of key rows into ``out``."""
+        A, B, B2 = triples
+        A_ones = np.hstack([A, np.zeros((A.shape[0], 1))]).astype(dtype)
+        both = np.vstack([B, B2]).astype(dtype)
+        return lambda Kk, Vx, out: acc_kernels.sketch_columns(Kk, Vx, A_ones, both, out)
 
-        map_row_blocks(block, L)
-        return cls(A, B, B2, columns)
+    @classmethod
+    def draw(cls, rng, Kk, Vx, size=None):
+        """Draw the triples from ``rng`` and form the columns on key blocks in parallel."""
+        triples = cls.triples(rng, Vx.shape[1] - 1, Kk.shape[1], size)
+        fill = cls.filler(triples, Kk.dtype)
+        columns = np.empty((Kk.shape[0], 4 * triples[0].shape[0]), Kk.dtype)
+        map_row_blocks(lambda r: fill(Kk[r], Vx[r], columns[r]), Kk.shape[0])
+        return cls(*triples, columns)
 
 
 def _rng_state(rng, state=None):
@@ -921,10 +932,11 @@ def predict_attention_error(
             Moments.of(Qf.reshape(-1, d).astype(np.float64), root**2),
             Moments.of(Kf.reshape(-1, d).astype(np.float64), root**2),
         )
-    return predict_rows(
-        Qf, Kf, Vf, mask, causal, root, fmap, projection, m, n_queries, n_pairs,
-        sampling.resolve_rng(random_state), causal_params,
-    )  # fmt: skip
+    with _blas_one_thread():  # once for the call's parallel steps (each would set it again)
+        return predict_rows(
+            Qf, Kf, Vf, mask, causal, root, fmap, projection, m, n_queries, n_pairs,
+            sampling.resolve_rng(random_state), causal_params,
+        )  # fmt: skip
 
 
 def predict_rows(
@@ -965,17 +977,19 @@ def predict_rows(
         # The sequence's key rows and sketch in this thread's scratch buffers (dead after it).
         with scratch() as empty:
             U_all = Qf[n, rows[seqs == n]].astype(np.float64) * (root * params.psi)
-            Kk, kk, Vx, vv, center = _key_rows(
-                Kf[n], Vf[n], root, params.psi, keys_ok, dtype, empty
+            triples = Sketch.triples(rng, Vf.shape[2], d)
+            Kk, kk, Vx, vv, center, sketch = _key_rows(
+                Kf[n], Vf[n], root, params.psi, keys_ok, triples, dtype, empty
             )
             if Kk.dtype == np.float32 and not _float32_is_safe(U_all, kk, vv):
-                Kk, kk, Vx, vv, center = _key_rows(Kf[n], Vf[n], root, params.psi, keys_ok)
+                Kk, kk, Vx, vv, center, sketch = _key_rows(
+                    Kf[n], Vf[n], root, params.psi, keys_ok, triples
+                )
             U_all = U_all.astype(Kk.dtype)
             coupled = None
             if c is not None:
                 z_max = float((np.sqrt((U_all**2).sum(1).max()) + np.sqrt(kk.max())) ** 2)
                 coupled = _Coupling(c, d, sm.pair_sign < 0, z_max, sm.signs)
-            sketch = Sketch.draw(rng, Kk, Vx, empty=empty)
             key_sums = _KeySums(sketch, Kk, Vx, keys_ok) if _uniform_signs(sm) else None
             seq_rows = rows[seqs == n]
             for start in range(0, seq_rows.size, _QUERY_CHUNK):
