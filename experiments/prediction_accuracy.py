@@ -12,6 +12,7 @@ of ``run_all.py``: a d = 64, L = 4096 grid takes several minutes.
 
     python experiments/prediction_accuracy.py --d 16 --length 1024
     python experiments/prediction_accuracy.py --d 64 --length 4096 --causal
+    python experiments/prediction_accuracy.py --estimators optimal_hyperbolic --scales 0.25
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ def main(argv=None):
     p.add_argument(
         "--scales", type=float, nargs="+", default=[0.25, 0.5, 0.75], help="std of q and k"
     )
+    p.add_argument(
+        "--estimators",
+        nargs="+",
+        choices=maps.names("attention"),
+        default=maps.names("attention"),
+        help="estimators to compare (default: every one)",
+    )
     args = p.parse_args(argv)
     print("| scale | estimator | m | predicted ± se | heavy | measured ± se | ratio | verdict |")
     print("|---|---|---|---|---|---|---|---|")
@@ -54,7 +62,7 @@ def main(argv=None):
         rng = np.random.default_rng(0)
         Q, K = rng.normal(scale=scale, size=(2, args.length, args.d))
         V = rng.normal(size=(args.length, args.d))
-        for estimator in maps.names("attention"):
+        for estimator in args.estimators:
             projection = "iid" if estimator == "trig" else "orthogonal"
             kw = dict(estimator=estimator, projection=projection, causal=args.causal)
             for m in (64, 256, 1024):

@@ -524,7 +524,8 @@ def rows_error(sm, coupled, d, U, Kk, V, visible, rng, n_pairs, sketch=None):
     relVar, |y|², single_first, coupled_first, controls) as ``_rows_error`` does: the sums
     (rows x 3: with the pairs' rest, the sampled and the sketched second-order part), the
     sampled parts' variances and covariance, the sketch's samples (rows x D), and the
-    controls of a map with a uniform sign (rows x 2 x D x 2; :func:`uniform_controls`).
+    controls of a map with a sign whose ``e`` does not depend on the logits (rows x 2 x D
+    x 2; :func:`uniform_controls`).
     """
     if sketch is None:
         sketch = tuple(rng.standard_normal((16, n)) for n in (V.shape[1], d, d))
@@ -604,10 +605,13 @@ def rows_error(sm, coupled, d, U, Kk, V, visible, rng, n_pairs, sketch=None):
             single_var += (scale**2)[:, None] * inter_var
             single_first += scale[:, None] * first
             single_same += scale * same
-            if sm.alpha == 0 and sigma * sm.gamma * tau == -1:  # e is the same at every key
+            if abs(1 + 2 * tau * sm.alpha + sigma * sm.gamma * tau) < 1e-12:
+                # e does not depend on the logits (ℓ's coefficient of b is 0): a row
+                # constant times e^{α|k̃_j|²}
                 controls[:, 0] += scale[:, None, None] * uniform_controls(
                     e, V, y, Kk, A, B, B2, sigma * sm.gamma, sm.gamma
                 )
+                flat = e / np.maximum(e.sum(axis=1, keepdims=True), 1e-300)
             # The normalizer's one-projection relVar (its key interactions left out).
             norm_terms.append(scale * (e.sum(axis=1) ** 2 + (g * g - e * e).sum(axis=1)))
     with np.errstate(invalid="ignore", over="ignore"):
@@ -624,8 +628,7 @@ def rows_error(sm, coupled, d, U, Kk, V, visible, rng, n_pairs, sketch=None):
         cross, cross_var, cross_first = coupled_sum(
             coupled, d, p, V, y, w2 * pairs_ok, z, b, uu, Kk, tau, visible, rng, n_pairs, sketch
         )
-        if np.any(controls[:, 0]):  # uniform weights 1/n over each row's visible keys
-            flat = visible / np.maximum(visible.sum(axis=1, keepdims=True), 1)
+        if np.any(controls[:, 0]):  # that sign's weights normalized over each row's keys
             controls[:, 1] = uniform_controls(flat, V, y, Kk, A, B, B2, 1.0, np.sqrt(2.0))
     return (
         single, single_var, cross, cross_var, norm_relvar, y2, single_first, cross_first,

@@ -357,12 +357,12 @@ def _rows_error(
     ``sketch`` (a :class:`Sketch` of these keys; None: drawn here from ``rng`` first) sums
     the key pairs' terms to second order in k̃_j·k̃_l; the pairs sample the rest.
     ``key_sums`` (a :class:`_KeySums` of them; None: formed here where the map has a
-    uniform sign) gives the controls' sums over keys.
+    sign whose ``e`` does not depend on the logits) gives the controls' sums over keys.
 
     Returns (single, single_var, coupled, coupled_var, normalizer relVar, |y|²,
     single_first, coupled_first, controls, seen), per row and 0 where a row sees no key
     (``seen`` False); ``controls`` (rows x 2 x D x 2) are :func:`_uniform_controls`' for
-    the single and the coupled sets (zeros for maps without a uniform sign). ``single``
+    the single and the coupled sets (zeros for maps without such a sign). ``single``
     and ``coupled`` (rows x 3) hold the sum with the key pairs' rest past second order
     (sampled), the sampled second-order part, and the sketched one (the mean of
     ``single_first`` or ``coupled_first``, rows x D, less the pairs ``j = l``): the sum is
@@ -440,8 +440,8 @@ def _rows_error(
     controls = np.zeros((n_rows, 2, n_sk, 2))
     uniform = _uniform_signs(sm)
     if uniform:
-        key_sums = key_sums or _KeySums(sketch, Kk, Vx, keys_ok)
-        sums_at_rows = key_sums.at(limits)
+        key_sums = key_sums or _KeySums(sketch, Kk, Vx, keys_ok, kk, sm.alpha)
+        weight_at_rows, sums_at_rows = key_sums.at(limits)
     norm = np.zeros(n_rows)
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
         # ℓ's row constants, -max b - log Σ exp(b - max b), left out by the kernel.
@@ -458,7 +458,8 @@ def _rows_error(
             same += (0.5 * sm.gamma**2) * sums[:, col + acc_kernels.SIGN_D2]
             single_first += scale[:, None] * first[:, k]
             if k in uniform:
-                raw_shift = sums[:, col + acc_kernels.SIGN_SHIFT]
+                # e_j = exp(ℓ_j - shift) with ℓ_j = α(|ũ|² + |k̃_j|²) = α|ũ|² + top + log h_j
+                raw_shift = sums[:, col + acc_kernels.SIGN_SHIFT] - sm.alpha * uu - key_sums.top
                 controls[:, 0] += _uniform_controls(
                     sigma * sm.gamma, sm.gamma, sums_at_rows, sketch.A, y, raw_shift, scale
                 )
@@ -484,12 +485,12 @@ def _rows_error(
         cross[:, 2] = cross_first.mean(axis=1)
         cross_var = var[:, n_signs]
         if uniform:
-            # Its samples (weights p_j, p_j c_j) move with those of uniform weights 1/n
-            # over the row's n visible keys where p is nearly flat: those are the controls.
+            # Its samples (weights p_j, p_j c_j) move with those of weights h_j / Σ h over
+            # the row's visible keys (1/n for α = 0) where p is nearly flat: the controls.
+            log_total = np.log(np.where(weight_at_rows > 0, weight_at_rows, 1.0))
             controls[:, 1] = _uniform_controls(
-                1.0, math.sqrt(2.0), sums_at_rows, sketch.A, y, np.log(np.maximum(n_visible, 1)),
-                np.ones(n_rows),
-            )  # fmt: skip
+                1.0, math.sqrt(2.0), sums_at_rows, sketch.A, y, log_total, np.ones(n_rows)
+            )
     y_out = y[:, :-1] if center is None else y[:, :-1] + center
     y2 = np.einsum("ij,ij->i", y_out, y_out)  # |y|² of the values as given
     parts = (np.where(seen[:, None], a, 0.0) for a in (single, single_var, cross, cross_var))
@@ -503,27 +504,35 @@ _SUM_BLOCK = 256  # keys per block of _KeySums' partial sums
 
 
 def _uniform_signs(sm):
-    """The signs of the map (indices into ``sm.signs``) whose ``e`` is the same at every
-    visible key: ``α = 0`` and ``σγτ = -1`` (the kernels' ``_e_row`` makes them so)."""
+    """The signs of the map (indices into ``sm.signs``) whose ``e`` does not depend on the
+    logits, only on the key's norm: ``ℓ = (1 + 2τα + σγτ) b + α(|ũ|² + |k̃|²)`` (the
+    kernels' ``_e_row``) where ``b``'s coefficient is 0, so that ``e_j = c h_j`` with a row
+    constant ``c`` and ``h_j = e^{α|k̃_j|²}`` (1 for ``α = 0``: the hyperbolic and
+    trigonometric maps' second sign; for FAVOR++'s hyperbolic map ``γ = 1 + 2α``)."""
     return [
         k for k, sigma in enumerate(sm.signs)
-        if sm.alpha == 0.0 and sigma * sm.gamma * sm.pair_sign == -1.0
+        if abs(1.0 + 2.0 * sm.pair_sign * sm.alpha + sigma * sm.gamma * sm.pair_sign) < 1e-12
     ]  # fmt: skip
 
 
 class _KeySums:
-    """Sums over a sequence's visible keys for :func:`_uniform_controls`: of the sketch's
-    columns (4D), of ``[v_j, 1] k̃_jᵀ`` ((d_v + 1) x d; its last row ``s = Σ_j k̃_j``) and
-    of ``[v_j, 1] (b_i·k̃_j)(b'_i·k̃_j)`` ((d_v + 1) x D), kept cumulative over blocks of
-    256 keys (formed once per sequence by GEMMs in the stored dtype on the worker threads,
-    accumulated in float64); :meth:`at` adds the rest of a row's last block."""
+    """Sums over a sequence's visible keys for :func:`_uniform_controls`, each key weighted
+    by ``h_j = e^{α|k̃_j|² - top}`` (``top`` the largest ``α|k̃_j|²``; 1 for ``α = 0``): of
+    ``h_j`` and of the sketch's columns (4D), of ``h_j [v_j, 1] k̃_jᵀ`` ((d_v + 1) x d; its
+    last row ``s = Σ_j h_j k̃_j``) and of ``h_j [v_j, 1] (b_i·k̃_j)(b'_i·k̃_j)``
+    ((d_v + 1) x D), kept cumulative over blocks of 256 keys (formed once per sequence by
+    GEMMs in the stored dtype on the worker threads, accumulated in float64); :meth:`at`
+    adds the rest of a row's last block."""
 
-    def __init__(self, sketch, Kk, Vx, keys_ok):
-        self.sketch, self.Kk, self.Vx, self.keys_ok = sketch, Kk, Vx, keys_ok
+    def __init__(self, sketch, Kk, Vx, keys_ok, kk, alpha):
+        self.sketch, self.Kk, self.Vx = sketch, Kk, Vx
+        log_h = np.where(keys_ok, alpha * kk, -np.inf)
+        self.top = float(log_h.max()) if keys_ok.any() and alpha else 0.0
+        self.h = np.exp(log_h - self.top)  # 0 at hidden keys
         L = Kk.shape[0]
         n_blocks = -(-L // _SUM_BLOCK)
         n_sk, width = sketch.A.shape[0], Vx.shape[1]
-        cols = np.zeros((n_blocks + 1, 4 * n_sk))
+        cols = np.zeros((n_blocks + 1, 1 + 4 * n_sk))
         G = np.zeros((n_blocks + 1, width, Kk.shape[1]))
         U = np.zeros((n_blocks + 1, width, n_sk))
 
@@ -538,16 +547,17 @@ class _KeySums:
 
     def _sums(self, lo, hi):
         columns, n_sk = self.sketch.columns, self.sketch.A.shape[0]
-        visible = self.keys_ok[lo:hi]
-        values = self.Vx[lo:hi] * visible[:, None].astype(self.Vx.dtype)
+        h = self.h[lo:hi].astype(columns.dtype)
+        values = self.Vx[lo:hi] * h[:, None]
         return (
-            visible.astype(columns.dtype) @ columns[lo:hi],
+            np.concatenate([[self.h[lo:hi].sum()], h @ columns[lo:hi]]),
             values.T @ self.Kk[lo:hi],
             values.T @ columns[lo:hi, 3 * n_sk :],
         )
 
     def at(self, limits):
-        """The three sums per row over its keys ``j < limits[r]`` (rows x ...)."""
+        """Per row, over its keys ``j < limits[r]``: ``Σ_j h_j`` (rows), and the three sums
+        :func:`_uniform_controls` takes (rows x ...)."""
         ends, where = np.unique(limits, return_inverse=True)
         first = ends // _SUM_BLOCK
         out = [a[first] for a in self.cumulative]
@@ -556,21 +566,24 @@ class _KeySums:
                 rest = self._sums(first[e] * _SUM_BLOCK, ends[e])
                 for total, part in zip(out, rest, strict=True):
                     total[e] += part
-        return [a[where] for a in out]
+        cols, G, U = (a[where] for a in out)
+        return cols[:, 0], (cols[:, 1:], G, U)
 
 
 def _uniform_controls(sign_gamma, gamma, key_sums, A, y, raw_shift, scale):
-    """Zero-mean control variates for the sketch's samples of a sign whose ``e`` is the same
-    at every visible key (``α = 0``, ``σγτ = -1``: the hyperbolic map's ``-ω``, the
-    trigonometric map's ``+ω``), per row and sample (rows x D x 2, already times the
-    sign's ``scale``); ``key_sums`` from :meth:`_KeySums.at`, ``A`` the sketch's ``a_i``.
+    """Zero-mean control variates for the sketch's samples of a sign whose ``e`` does not
+    depend on the logits (:func:`_uniform_signs`: the hyperbolic map's ``-ω``, the
+    trigonometric map's ``+ω``, FAVOR++'s hyperbolic map's ``-ω``), per row and sample
+    (rows x D x 2, already times the sign's ``scale``); ``key_sums`` from
+    :meth:`_KeySums.at`, ``A`` the sketch's ``a_i``.
 
-    With ``e_j = c`` (``c = e^{-shift}``), the sign's ``M = c Σ_j (v_j - y) k̃_jᵀ =
-    c (G - y sᵀ)`` (``G = Σ_j v_j k̃_jᵀ``, ``s = Σ_j k̃_j`` over the row's visible keys) is
-    known, and so is ``E X_i² = ‖M‖²``; and ``Y_i = a_i·m_i`` with ``m_i = c Σ_j (v_j - y)
-    (b_i·k̃_j)(b'_i·k̃_j)``, so ``E[Y_i² | b_i, b'_i] = |m_i|²``. The controls are
-    ``σγ (X_i² - ‖M‖²)`` and ``γ²/2 (Y_i² - |m_i|²)``, with ``X_i``, ``Y_i`` formed from
-    the sums of the sketch's columns over the row's keys as the kernel forms the samples.
+    With ``e_j = c h_j`` (``c = e^{-shift}``, ``h_j`` the key's weight in the sums), the
+    sign's ``M = c Σ_j h_j (v_j - y) k̃_jᵀ = c (G - y sᵀ)`` (``G = Σ_j h_j v_j k̃_jᵀ``,
+    ``s = Σ_j h_j k̃_j`` over the row's visible keys) is known, and so is ``E X_i² =
+    ‖M‖²``; and ``Y_i = a_i·m_i`` with ``m_i = c Σ_j h_j (v_j - y) (b_i·k̃_j)(b'_i·k̃_j)``,
+    so ``E[Y_i² | b_i, b'_i] = |m_i|²``. The controls are ``σγ (X_i² - ‖M‖²)`` and
+    ``γ²/2 (Y_i² - |m_i|²)``, with ``X_i``, ``Y_i`` formed from the sums of the sketch's
+    columns over the row's keys as the kernel forms the samples.
     At small ``|q|, |k|`` the other sign's weights are nearly flat too, so its samples move
     with this sign's (correlation -0.93 to -0.999 measured at |q|, |k| ~ 0.25 N(0, 1)), and
     regressing the samples' mean on these controls (:func:`_controlled_mean`) removes most
@@ -990,7 +1003,9 @@ def predict_rows(
             if c is not None:
                 z_max = float((np.sqrt((U_all**2).sum(1).max()) + np.sqrt(kk.max())) ** 2)
                 coupled = _Coupling(c, d, sm.pair_sign < 0, z_max, sm.signs)
-            key_sums = _KeySums(sketch, Kk, Vx, keys_ok) if _uniform_signs(sm) else None
+            key_sums = None
+            if _uniform_signs(sm):
+                key_sums = _KeySums(sketch, Kk, Vx, keys_ok, kk, sm.alpha)
             seq_rows = rows[seqs == n]
             for start in range(0, seq_rows.size, _QUERY_CHUNK):
                 r = seq_rows[start : start + _QUERY_CHUNK]
