@@ -69,8 +69,8 @@ estimates are heavy-tailed a typical draw does better than the expectation and t
 prediction is an upper estimate (tests: within a factor 1.5 of the measured error wherever
 it is below 0.5 and not flagged, on d in {16, 64}, ``|q|, |k| ~ 0.25 or 0.5 N(0, 1)``, every
 estimator, causal and bidirectional, predicted from 2048 key pairs per row and measured
-over 32 redraws: ratios 0.69-1.32; over five seeds of its samples all 365 compared cases
-within the factor, 0.69-1.35). At m = 64 the expansion's own overestimate shows:
+over 32 redraws: ratios 0.85-1.32; over five seeds of its samples all 376 compared cases
+within the factor, 0.85-1.35). At m = 64 the expansion's own overestimate shows:
 1.22-1.32x at d = 16, ``|q|, |k| ~ 0.5 N(0, 1)``, L = 1024, against 384 redraws.
 
 **Heavy tails.** The one-projection estimates are log-normal-like: with ``σ²`` the
